@@ -1,0 +1,52 @@
+"""Pixels as the released models expect them: RGB, bicubic squash to the tower's size, rescale, normalise.
+
+`pad` pads to a square with the mean colour first (the multi-image training recipe); anyres resizes a
+lone image keeping its aspect ratio, pads it (centred, black) to the chosen pinpoint and cuts crops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..model.anyres import fitted_size, select_best_resolution
+
+
+def to_tensor(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """PIL image -> (3, size, size) float32, squash-resized with bicubic."""
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
+    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+def pad_to_square(image: Image.Image, mean: Sequence[float]) -> Image.Image:
+    """Centre the image on a square canvas of the mean colour, e.g. (127, 127, 127) for mean 0.5."""
+    image = image.convert("RGB")
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), tuple(int(m * 255) for m in mean))
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def anyres_pictures(image: Image.Image, pinpoints: Sequence[tuple[int, int]], size: int) -> list[Image.Image]:
+    """[base image] + row-major size x size crops of the image fitted and padded to the best pinpoint."""
+    image = image.convert("RGB")
+    target_w, target_h = select_best_resolution(image.size, pinpoints)
+    fit_w, fit_h = fitted_size(image.size, (target_w, target_h))
+    canvas = Image.new("RGB", (target_w, target_h), (0, 0, 0))
+    canvas.paste(image.resize((fit_w, fit_h), Image.Resampling.BICUBIC), ((target_w - fit_w) // 2, (target_h - fit_h) // 2))
+    crops = [
+        canvas.crop((left, top, left + size, top + size))
+        for top in range(0, target_h, size)
+        for left in range(0, target_w, size)
+    ]
+    return [image.resize((size, size), Image.Resampling.BICUBIC), *crops]

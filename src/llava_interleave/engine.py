@@ -1,0 +1,91 @@
+"""Generation engine: prefill, then decode one token at a time with a KV cache. Knows nothing of text.
+
+Several prompts run as one batch with left padding (positions count only real tokens). Greedy when
+temperature is 0, else temperature + top-p sampling from a seeded generator. The vocabulary
+projection in prefill is computed for the last position only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from .data.batch import Encoded
+from .model.llava import LlavaInterleave
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 -> greedy
+    top_p: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+
+class Engine:
+    def __init__(self, model: LlavaInterleave) -> None:
+        self.model = model
+
+    @torch.inference_mode()
+    def stream(self, prompts: Sequence[Encoded], sampling: SamplingConfig) -> Iterator[list[int | None]]:
+        """Yield, per decoding step, the new token of every prompt (None once that prompt has stopped)."""
+        model = self.model
+        device = model.device
+        lengths = [len(p.input_ids) for p in prompts]
+        width = max(lengths)
+        ids = torch.full((len(prompts), width), model.config.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p.input_ids) :] = torch.tensor(p.input_ids)
+            mask[row, width - len(p.input_ids) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        padded = bool((mask == 0).any())
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        cache = DynamicCache(config=model.language_model.config)
+        visuals = [v for p in prompts for v in p.visuals]
+        logits = model(ids, visuals, mask if padded else None, positions, cache, logits_to_keep=1).logits[:, -1]
+        generator = self._generator(sampling.seed, device)
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+        stops = torch.tensor(sampling.stop_token_ids or [-1], device=device)
+        for _ in range(sampling.max_new_tokens):
+            token = self._pick(logits, sampling, generator)  # (B,)
+            yield [None if d else int(t) for t, d in zip(token.tolist(), done.tolist())]
+            done |= torch.isin(token, stops)
+            if bool(done.all()):
+                return
+            positions = positions[:, -1:] + 1
+            if padded:
+                mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
+            embeds = model.language_model.embed_tokens(token[:, None])
+            logits = model(None, (), mask if padded else None, positions, cache, embeds).logits[:, -1]
+
+    def generate(self, prompts: Sequence[Encoded], sampling: SamplingConfig) -> list[list[int]]:
+        """All generated tokens per prompt, each ending with its stop token if one was produced."""
+        out: list[list[int]] = [[] for _ in prompts]
+        for step in self.stream(prompts, sampling):
+            for row, token in enumerate(step):
+                if token is not None:
+                    out[row].append(token)
+        return out
+
+    @staticmethod
+    def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+        if seed is None:
+            return None
+        return torch.Generator(device=device).manual_seed(seed)
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+        if sampling.temperature <= 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+        if sampling.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            keep = sorted_probs.cumsum(-1) - sorted_probs < sampling.top_p  # always keeps the top token
+            sorted_probs = sorted_probs * keep
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,210 @@
+"""Read and write checkpoint directories in either layout; fetch a hub id when there is a network.
+
+A directory fully describes a model: config.json (names the layout), safetensors weights (one file or
+an index of shards), the tokenizer, and the image processor settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from ..config import InterleaveConfig
+from ..errors import CheckpointError
+from . import layouts
+from .llava import LlavaInterleave
+
+IMAGE_TOKEN = "<image>"
+# The -hf checkpoints' chat format: per message, its images first, then "\n" + each text part.
+HUB_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}{% endfor %}"
+    "{{ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def resolve(model: str | os.PathLike) -> Path:
+    """A local checkpoint directory, downloading a hub id (e.g. lmms-lab/llava-next-interleave-qwen-0.5b) if needed."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path} is not a checkpoint: it has no config.json")
+        return path
+    if path.exists() or str(model).count("/") != 1:
+        raise CheckpointError(f"{model} is neither a checkpoint directory nor a hub id like 'owner/name'")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(model), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
+    except Exception as err:  # offline, unknown id, no access: one clear line
+        raise CheckpointError(
+            f"{model} is not a local directory and could not be fetched from the hub "
+            f"(no network or no such model?): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}") from err
+
+
+def read_config(path: Path) -> InterleaveConfig:
+    raw = _read_json(path / "config.json")
+    layout = layouts.detect_layout(raw)
+    if layout == "original":
+        return layouts.config_from_original(raw)
+    return layouts.config_from_hf(raw, _hf_image_processor(path))
+
+
+def _hf_image_processor(path: Path) -> dict[str, Any]:
+    """Older repos keep it in preprocessor_config.json, newer ones inside processor_config.json."""
+    if (path / "preprocessor_config.json").is_file():
+        return _read_json(path / "preprocessor_config.json")
+    if (path / "processor_config.json").is_file():
+        return _read_json(path / "processor_config.json").get("image_processor", {})
+    return {}
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(_read_json(index)["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path} has no weights file {name} (only safetensors are read)")
+        with safe_open(path / name, framework="pt") as f:
+            state.update({key: f.get_tensor(key) for key in f.keys()})
+    return state
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # it peeks at config.json and warns that llava_qwen is unknown to it
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as err:
+        raise CheckpointError(f"cannot load the tokenizer in {path}: {err}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_model(
+    model: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> tuple[LlavaInterleave, PreTrainedTokenizerBase]:
+    """Build the model from a checkpoint of either layout. fp32 on CPU and bf16 on CUDA unless `dtype` is given."""
+    path = resolve(model)
+    config = read_config(path)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    state = layouts.to_internal(read_weights(path), config.layout, config.vision.num_layers)
+    with torch.device("meta"):
+        net = LlavaInterleave(config)
+    missing, unexpected = _check_keys(net, state)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    net.load_state_dict(state, strict=False, assign=True)
+    if config.text.tie_word_embeddings:
+        net.lm_head.weight = net.language_model.embed_tokens.weight
+    net.language_model.rotary_emb = type(net.language_model.rotary_emb)(net.language_model.config)
+    net.vision_tower.embeddings.position_ids = torch.arange(config.vision.tokens_per_image).unsqueeze(0)
+    return net.to(device=device, dtype=dtype).eval(), load_tokenizer(path)
+
+
+def _check_keys(net: LlavaInterleave, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    expected = set(net.state_dict())
+    if net.config.text.tie_word_embeddings:
+        expected.discard("lm_head.weight")
+        state.pop("lm_head.weight", None)
+    return sorted(expected - set(state)), sorted(set(state) - expected)
+
+
+def save_checkpoint(
+    net: LlavaInterleave, tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike, layout: str | None = None
+) -> Path:
+    """Write `net` in `layout` ("hf" or "original"; default: the one it was loaded from).
+
+    hf has no image_newline and no anyres; writing it drops both (the caller is told by `convert`).
+    """
+    layout = layout or net.config.layout
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = replace(net.config, layout=layout)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    if config.text.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    if layout == "hf":
+        tokenizer = _with_image_token(tokenizer)
+        image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        state = _fit_vocab(state, image_token_id, config)
+        config = replace(config, text=replace(config.text, vocab_size=state["language_model.embed_tokens.weight"].shape[0]))
+        config_json = layouts.config_to_hf(config, image_token_id)
+        _write_json(out / "preprocessor_config.json", _preprocessor_json(config))
+        _write_json(out / "processor_config.json", _processor_json(config))
+        (out / "chat_template.jinja").write_text(HUB_CHAT_TEMPLATE)
+    else:
+        config_json = layouts.config_to_original(config)
+    save_file(layouts.from_internal(state, layout, config), out / "model.safetensors", metadata={"format": "pt"})
+    _write_json(out / "config.json", config_json)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _with_image_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
+    return tokenizer
+
+
+def _fit_vocab(state: dict[str, torch.Tensor], token_id: int, config: InterleaveConfig) -> dict[str, torch.Tensor]:
+    """Grow the embedding (and untied head) with zero rows when the new image token lies past the vocabulary."""
+    rows = state["language_model.embed_tokens.weight"].shape[0]
+    if token_id < rows:
+        return state
+    extra = token_id + 1 - rows
+    for key in ("language_model.embed_tokens.weight", "lm_head.weight"):
+        if key in state:
+            state[key] = torch.cat([state[key], state[key].new_zeros(extra, state[key].shape[1])])
+    return state
+
+
+def _preprocessor_json(config: InterleaveConfig) -> dict[str, Any]:
+    size = config.vision.image_size
+    return {
+        "image_processor_type": "SiglipImageProcessor",
+        "processor_class": "LlavaProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "size": {"height": size, "width": size},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(config.processor.image_mean),
+        "image_std": list(config.processor.image_std),
+    }
+
+
+def _processor_json(config: InterleaveConfig) -> dict[str, Any]:
+    return {
+        "processor_class": "LlavaProcessor",
+        "image_token": IMAGE_TOKEN,
+        "patch_size": config.vision.patch_size,
+        "vision_feature_select_strategy": "full",
+        "num_additional_image_tokens": 0,
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")

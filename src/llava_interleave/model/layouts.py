@@ -1,0 +1,282 @@
+"""The two on-disk checkpoint layouts, as pure translations of configs and state dicts.
+
+hf       : `model_type: llava` (LlavaForConditionalGeneration). Weights `vision_tower.*`,
+           `multi_modal_projector.linear_1/2`, `language_model.*`, `lm_head`; legacy files nest the LM as
+           `language_model.model.*` and the tower as `vision_tower.vision_model.*`, newer ones prefix `model.`.
+           Always flat: 729 tokens per image, no newline, no anyres.
+original : `model_type: llava_qwen`. A Qwen2 config plus `mm_*` keys; weights `model.layers.*`,
+           `model.mm_projector.0/2`, `model.vision_tower.vision_tower.vision_model.*`, `model.image_newline`.
+           The tower is stored as pretrained (27 layers for so400m) or already cut; we keep all but the last.
+Internal names are those of `LlavaInterleave.state_dict()`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from ..config import InterleaveConfig, ProcessorConfig, TextConfig, VisionConfig, dataclass_from_dict
+from ..errors import CheckpointError
+
+StateDict = dict[str, torch.Tensor]
+ORIGINAL_IMAGE_TOKEN = -200  # the original code's IMAGE_TOKEN_INDEX: never a real vocabulary id
+EXTRA_KEY = "llava_interleave"  # our settings that neither layout has a key for (video pooling, frames)
+
+_HF_READ = [
+    (r"^model\.(vision_tower|multi_modal_projector|language_model)\.", r"\1."),
+    (r"^language_model\.model\.", "language_model."),
+    (r"^language_model\.lm_head\.", "lm_head."),
+    (r"^vision_tower\.vision_model\.", "vision_tower."),
+    (r"^multi_modal_projector\.", "projector."),
+]
+_ORIGINAL_READ = [
+    (r"^model\.vision_tower\.vision_tower\.vision_model\.", "vision_tower."),
+    (r"^model\.mm_projector\.0\.", "projector.linear_1."),
+    (r"^model\.mm_projector\.2\.", "projector.linear_2."),
+    (r"^model\.image_newline$", "image_newline"),
+    (r"^model\.", "language_model."),
+]
+_HF_WRITE = [
+    (r"^vision_tower\.", "vision_tower.vision_model."),
+    (r"^projector\.", "multi_modal_projector."),
+    (r"^language_model\.", "language_model.model."),
+    (r"^lm_head\.", "language_model.lm_head."),
+]
+_ORIGINAL_WRITE = [
+    (r"^vision_tower\.", "model.vision_tower.vision_tower.vision_model."),
+    (r"^projector\.linear_1\.", "model.mm_projector.0."),
+    (r"^projector\.linear_2\.", "model.mm_projector.2."),
+    (r"^image_newline$", "model.image_newline"),
+    (r"^language_model\.", "model."),
+]
+_LAYER = re.compile(r"^vision_tower\.encoder\.layers\.(\d+)\.")
+
+
+def detect_layout(config_json: dict[str, Any]) -> str:
+    model_type = config_json.get("model_type")
+    if model_type == "llava":
+        return "hf"
+    if model_type == "llava_qwen" or "mm_projector_type" in config_json:
+        return "original"
+    raise CheckpointError(f"config.json has model_type {model_type!r}: neither 'llava' (hf) nor 'llava_qwen' (original)")
+
+
+def _rename(name: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, replacement in rules:
+        name, hits = re.subn(pattern, replacement, name)
+        if hits and rules is not _HF_READ:
+            return name
+    return name
+
+
+def _keep_tensor(name: str, kept_layers: int) -> bool:
+    if not name.startswith("vision_tower."):
+        return True
+    if name.startswith(("vision_tower.post_layernorm.", "vision_tower.head.")):
+        return False  # the feature is taken before them
+    layer = _LAYER.match(name)
+    return layer is None or int(layer.group(1)) < kept_layers
+
+
+def to_internal(state: StateDict, layout: str, kept_layers: int) -> StateDict:
+    rules = _HF_READ if layout == "hf" else _ORIGINAL_READ
+    renamed = {_rename(k, rules): v for k, v in state.items()}
+    return {k: v for k, v in renamed.items() if _keep_tensor(k, kept_layers)}
+
+
+def from_internal(state: StateDict, layout: str, config: InterleaveConfig) -> StateDict:
+    """Internal weights -> the layout's names. hf gets an identity post-layernorm so loaders find one."""
+    if layout == "hf":
+        out = {_rename(k, _HF_WRITE): v for k, v in state.items() if k != "image_newline"}
+        width = config.vision.hidden_size
+        out["vision_tower.vision_model.post_layernorm.weight"] = torch.ones(width)
+        out["vision_tower.vision_model.post_layernorm.bias"] = torch.zeros(width)
+        return out
+    return {_rename(k, _ORIGINAL_WRITE): v for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------------------------- configs
+
+
+def _text_config(d: dict[str, Any]) -> TextConfig:
+    rope = d.get("rope_theta") or (d.get("rope_parameters") or {}).get("rope_theta", 1_000_000.0)
+    return TextConfig(
+        vocab_size=d["vocab_size"],
+        hidden_size=d["hidden_size"],
+        intermediate_size=d["intermediate_size"],
+        num_layers=d["num_hidden_layers"],
+        num_heads=d["num_attention_heads"],
+        num_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+        rope_theta=float(rope),
+        max_position_embeddings=d.get("max_position_embeddings", 32768),
+        rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+        tie_word_embeddings=d.get("tie_word_embeddings", False),
+    )
+
+
+def _vision_config(d: dict[str, Any], kept_layers: int) -> VisionConfig:
+    return VisionConfig(
+        image_size=d.get("image_size", 384),
+        patch_size=d.get("patch_size", 14),
+        hidden_size=d.get("hidden_size", 1152),
+        intermediate_size=d.get("intermediate_size", 4304),
+        num_layers=kept_layers,
+        num_heads=d.get("num_attention_heads", 16),
+        layer_norm_eps=d.get("layer_norm_eps", 1e-6),
+        hidden_act=d.get("hidden_act", "gelu_pytorch_tanh"),
+    )
+
+
+def _extra(d: dict[str, Any]) -> dict[str, Any]:
+    return dict(d.get(EXTRA_KEY) or {})
+
+
+def config_from_hf(d: dict[str, Any], image_processor: dict[str, Any]) -> InterleaveConfig:
+    if d.get("vision_feature_select_strategy", "default") != "full":
+        raise CheckpointError("only vision_feature_select_strategy 'full' is supported (SigLIP has no CLS token)")
+    layer = d.get("vision_feature_layer", -1)
+    if not isinstance(layer, int):
+        raise CheckpointError(f"vision_feature_layer {layer!r}: only a single layer is supported")
+    vision_json = d.get("vision_config") or {}
+    total = vision_json.get("num_hidden_layers", 26)
+    kept = total + 1 + layer if layer < 0 else layer
+    text = d["text_config"]
+    size = image_processor.get("size") or {}
+    processor = dataclass_from_dict(
+        ProcessorConfig,
+        {
+            "image_mean": image_processor.get("image_mean", [0.5] * 3),
+            "image_std": image_processor.get("image_std", [0.5] * 3),
+            "image_aspect": "squash",
+            "patch_merge": "flat",
+            **_extra(d),
+        },
+    )
+    if size and size.get("height", vision_json.get("image_size")) != vision_json.get("image_size", 384):
+        raise CheckpointError(f"image processor size {size} differs from the vision tower's image_size")
+    return InterleaveConfig(
+        vision=_vision_config(vision_json, kept),
+        text=_text_config(text),
+        processor=processor,
+        image_token_id=d.get("image_token_index", 151646),
+        eos_token_id=_first(text.get("eos_token_id"), 151645),
+        pad_token_id=_first(d.get("pad_token_id", text.get("pad_token_id")), 151643),
+        max_length=text.get("max_position_embeddings", 32768),
+        layout="hf",
+    )
+
+
+def config_from_original(d: dict[str, Any]) -> InterleaveConfig:
+    if d.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+        raise CheckpointError(f"mm_projector_type {d['mm_projector_type']!r} is not supported (only mlp2x_gelu)")
+    vision_json = d.get("mm_vision_config") or {}  # absent in released files: SigLIP so400m defaults
+    kept = vision_json.get("num_hidden_layers", 27) - 1
+    aspect = d.get("image_aspect_ratio", "pad")
+    merge = d.get("mm_patch_merge_type", "flat")
+    processor = dataclass_from_dict(
+        ProcessorConfig,
+        {
+            "image_mean": vision_json.get("image_mean", [0.5] * 3),
+            "image_std": vision_json.get("image_std", [0.5] * 3),
+            "image_aspect": "anyres" if str(aspect).startswith("anyres") else ("pad" if aspect == "pad" else "squash"),
+            "patch_merge": "spatial_unpad" if "unpad" in str(merge) else "flat",
+            "grid_pinpoints": d.get("image_grid_pinpoints") or ProcessorConfig().grid_pinpoints,
+            **_extra(d),
+        },
+    )
+    return InterleaveConfig(
+        vision=_vision_config(vision_json, kept),
+        text=_text_config(d),
+        processor=processor,
+        image_token_id=ORIGINAL_IMAGE_TOKEN,
+        eos_token_id=_first(d.get("eos_token_id"), 151645),
+        pad_token_id=_first(d.get("pad_token_id"), 151643),
+        max_length=d.get("tokenizer_model_max_length") or d.get("max_position_embeddings", 32768),
+        layout="original",
+    )
+
+
+def _first(value: Any, default: int) -> int:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return default if value is None else int(value)
+
+
+def _text_json(t: TextConfig) -> dict[str, Any]:
+    return {
+        "vocab_size": t.vocab_size,
+        "hidden_size": t.hidden_size,
+        "intermediate_size": t.intermediate_size,
+        "num_hidden_layers": t.num_layers,
+        "num_attention_heads": t.num_heads,
+        "num_key_value_heads": t.num_kv_heads,
+        "rope_theta": t.rope_theta,
+        "max_position_embeddings": t.max_position_embeddings,
+        "rms_norm_eps": t.rms_norm_eps,
+        "tie_word_embeddings": t.tie_word_embeddings,
+        "hidden_act": "silu",
+        "use_sliding_window": False,
+    }
+
+
+def _vision_json(v: VisionConfig, total_layers: int) -> dict[str, Any]:
+    return {
+        "model_type": "siglip_vision_model",
+        "hidden_size": v.hidden_size,
+        "intermediate_size": v.intermediate_size,
+        "num_hidden_layers": total_layers,
+        "num_attention_heads": v.num_heads,
+        "image_size": v.image_size,
+        "patch_size": v.patch_size,
+        "layer_norm_eps": v.layer_norm_eps,
+        "hidden_act": v.hidden_act,
+        "vision_use_head": False,
+    }
+
+
+def _extra_json(p: ProcessorConfig) -> dict[str, Any]:
+    return {"video_pooling": p.video_pooling, "num_frames": p.num_frames}
+
+
+def config_to_hf(c: InterleaveConfig, image_token_id: int) -> dict[str, Any]:
+    text = {**_text_json(c.text), "model_type": "qwen2", "eos_token_id": c.eos_token_id}
+    return {
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "image_token_index": image_token_id,
+        "projector_hidden_act": "gelu",
+        "vision_feature_layer": -1,
+        "vision_feature_select_strategy": "full",
+        "image_seq_length": c.vision.tokens_per_image,
+        "multimodal_projector_bias": True,
+        "tie_word_embeddings": c.text.tie_word_embeddings,
+        "pad_token_id": c.pad_token_id,
+        "text_config": text,
+        "vision_config": _vision_json(c.vision, c.vision.num_layers),
+        EXTRA_KEY: _extra_json(c.processor),
+    }
+
+
+def config_to_original(c: InterleaveConfig) -> dict[str, Any]:
+    p = c.processor
+    vision = {**_vision_json(c.vision, c.vision.num_layers + 1), "image_mean": p.image_mean, "image_std": p.image_std}
+    return {
+        "architectures": ["LlavaQwenForCausalLM"],
+        "model_type": "llava_qwen",
+        **_text_json(c.text),
+        "eos_token_id": c.eos_token_id,
+        "pad_token_id": c.pad_token_id,
+        "mm_vision_tower": "google/siglip-so400m-patch14-384",
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_hidden_size": c.vision.hidden_size,
+        "mm_vision_select_layer": -1,
+        "image_aspect_ratio": p.image_aspect,
+        "mm_patch_merge_type": p.patch_merge,
+        "image_grid_pinpoints": [list(x) for x in p.grid_pinpoints],
+        "tokenizer_model_max_length": c.max_length,
+        "tokenizer_padding_side": "right",
+        "mm_vision_config": vision,
+        EXTRA_KEY: _extra_json(p),
+    }

@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny tokenizer, tiny random checkpoints in both layouts, small images on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llava_interleave.config import ProcessorConfig
+from llava_interleave.testing import make_checkpoint, make_tokenizer, tiny_config
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory, tokenizer) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("hf"), tiny_config(tokenizer, "hf"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def original_checkpoint(tmp_path_factory, tokenizer) -> Path:
+    """spatial_unpad + anyres, like the released original-layout 0.5B."""
+    return make_checkpoint(tmp_path_factory.mktemp("orig"), tiny_config(tokenizer, "original"), tokenizer, seed=1)
+
+
+@pytest.fixture(scope="session")
+def original_flat_checkpoint(tmp_path_factory, tokenizer) -> Path:
+    config = tiny_config(tokenizer, "original", ProcessorConfig(image_aspect="squash", patch_merge="flat"))
+    return make_checkpoint(tmp_path_factory.mktemp("orig_flat"), config, tokenizer, seed=2)
+
+
+def random_image(seed: int, size: tuple[int, int] = (40, 30)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="session")
+def image_files(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for i in range(6):
+        path = folder / f"img{i}.png"
+        random_image(i, (30 + 7 * i, 50 - 4 * i)).save(path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,74 @@
+"""Oracle: transformers' own LlavaForConditionalGeneration and processor on the same tiny hf checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+import llava_interleave
+from llava_interleave.data.sample import Modality
+from llava_interleave.model.checkpoint import load_model
+
+
+@pytest.fixture(scope="module")
+def reference(hf_checkpoint):
+    model = LlavaForConditionalGeneration.from_pretrained(hf_checkpoint, attn_implementation="sdpa").eval()
+    return model, AutoProcessor.from_pretrained(hf_checkpoint)
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_greedy_tokens_match_transformers(hf_checkpoint, image_files, reference, count):
+    ref_model, ref_processor = reference
+    images = [Image.open(p).convert("RGB") for p in image_files[:count]]
+    messages = [{"role": "user", "content": [*({"type": "image"} for _ in images), {"type": "text", "text": "What is in the image?"}]}]
+    prompt = ref_processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = ref_processor(images=images, text=prompt, return_tensors="pt")
+    expected = ref_model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    expected = expected[0, inputs["input_ids"].shape[1] :].tolist()
+
+    pipe = llava_interleave.load(hf_checkpoint, template="hf", device="cpu")
+    sample = pipe.sample([{"role": "user", "content": [*images, "What is in the image?"]}])
+    assert pipe.processor.template.render_text(sample) == prompt
+    encoded = pipe.processor.encode(sample)
+    assert encoded.input_ids == inputs["input_ids"][0].tolist()
+    got = pipe.engine.generate([encoded], llava_interleave.engine.SamplingConfig(max_new_tokens=12))[0]
+    assert got == expected
+
+
+def test_forward_logits_match_transformers(hf_checkpoint, image_files, reference):
+    ref_model, ref_processor = reference
+    images = [Image.open(p).convert("RGB") for p in image_files[:2]]
+    text = "<|im_start|>user\n<image><image>\nCompare them.<|im_end|>\n<|im_start|>assistant\n"
+    inputs = ref_processor(images=images, text=text, return_tensors="pt")
+    with torch.no_grad():
+        expected = ref_model(**inputs).logits
+    net, _ = load_model(hf_checkpoint, "cpu")
+    pipe = llava_interleave.Pipeline(net, ref_processor.tokenizer, "hf")
+    visuals = [pipe.processor.prepare_visual(v) for v in pipe.sample([{"role": "user", "content": images}]).visuals]
+    assert all(v.modality == Modality.IMAGE for v in visuals)
+    torch.testing.assert_close(torch.cat([v.pixel_values for v in visuals]), inputs["pixel_values"], atol=1e-5, rtol=0)
+    with torch.no_grad():
+        got = net(inputs["input_ids"], visuals).logits
+    assert (got - expected).abs().max().item() < 1e-4
+
+
+def test_original_layout_same_weights_same_logits(hf_checkpoint, image_files, tmp_path):
+    """hf -> original (flat) conversion keeps the function: same expanded sequence, same logits."""
+    from llava_interleave.cli import main
+
+    assert main(["convert", str(hf_checkpoint), str(tmp_path / "orig"), "--to", "original"]) == 0
+    hf_pipe = llava_interleave.load(hf_checkpoint, template="qwen_1_5", device="cpu")
+    orig_pipe = llava_interleave.load(tmp_path / "orig", template="qwen_1_5", device="cpu")
+    assert orig_pipe.config.layout == "original" and orig_pipe.config.processor.patch_merge == "flat"
+    messages = [{"role": "user", "content": [{"type": "image", "image": image_files[0]}, {"type": "image", "image": image_files[1]}, "Which is brighter?"]}]
+    hf_in = hf_pipe.processor.encode(hf_pipe.sample(messages))
+    orig_in = orig_pipe.processor.encode(orig_pipe.sample(messages))
+    slot_hf = [i == hf_pipe.config.image_token_id for i in hf_in.input_ids]
+    slot_orig = [i == orig_pipe.config.image_token_id for i in orig_in.input_ids]
+    assert slot_hf == slot_orig and sum(slot_hf) == 2 * hf_pipe.config.vision.tokens_per_image
+    with torch.no_grad():
+        a = hf_pipe.model(torch.tensor([hf_in.input_ids]), hf_in.visuals).logits
+        b = orig_pipe.model(torch.tensor([orig_in.input_ids]), orig_in.visuals).logits
+    assert (a - b).abs().max().item() < 1e-5
