@@ -48,3 +48,17 @@ def image_files(tmp_path_factory) -> list[Path]:
         random_image(i, (30 + 7 * i, 50 - 4 * i)).save(path)
         paths.append(path)
     return paths
+
+
+def write_clip(path: Path, frames: int = 24, size: tuple[int, int] = (64, 48)) -> Path:
+    """An mp4 whose frame i is a flat grey of level 8 * i, so sampled frames can be identified."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(frames):
+            array = np.full((size[1], size[0], 3), 8 * i, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path

@@ -12,10 +12,19 @@ from llava_interleave.data.sample import Modality
 from llava_interleave.model.checkpoint import load_model
 
 
+try:  # transformers >= 5 has backends; the PIL one resizes exactly as the original code did
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil as PilImageProcessor
+except ImportError:  # older releases: the slow processor is the PIL one
+    from transformers import SiglipImageProcessor as PilImageProcessor
+
+
 @pytest.fixture(scope="module")
 def reference(hf_checkpoint):
+    """The saved processor, with its PIL backend: the torchvision backend's bicubic differs by 1/255 here and there."""
     model = LlavaForConditionalGeneration.from_pretrained(hf_checkpoint, attn_implementation="sdpa").eval()
-    return model, AutoProcessor.from_pretrained(hf_checkpoint)
+    processor = AutoProcessor.from_pretrained(hf_checkpoint)
+    processor.image_processor = PilImageProcessor.from_pretrained(hf_checkpoint)
+    return model, processor
 
 
 @pytest.mark.parametrize("count", [1, 2, 5])
