@@ -15,4 +15,9 @@ if ! python -c "import torch" 2>/dev/null; then
     pip install -q torch==2.13.0 || pip install -q torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-pip install -q -e ".${extras}"
+stamp=".venv/.installed${extras}"
+want="$(sha256sum < pyproject.toml)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  pip install -q -e ".${extras}"
+  echo "$want" > "$stamp"
+fi
