@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 import llava_interleave
 from llava_interleave.data.sample import Modality
-from llava_interleave.model.checkpoint import load_model
+from llava_interleave.model.checkpoint import HUB_CHAT_TEMPLATE, load_model
+from llava_interleave.model.language_model import qwen2_config
+from llava_interleave.model.vision_tower import siglip_config
+from llava_interleave.testing import tiny_config
 
 
 try:  # transformers >= 5 has backends; the PIL one resizes exactly as the original code did
@@ -19,16 +22,42 @@ except ImportError:  # older releases: the slow processor is the PIL one
 
 
 @pytest.fixture(scope="module")
-def reference(hf_checkpoint):
+def transformers_checkpoint(tmp_path_factory, tokenizer):
+    """A tiny hf-layout checkpoint written by transformers itself (model, processor, chat template)."""
+    config = tiny_config(tokenizer, "hf")
+    llava = LlavaConfig(
+        vision_config=siglip_config(config.vision), text_config=qwen2_config(config.text),
+        image_token_index=config.image_token_id, projector_hidden_act="gelu", vision_feature_layer=-1,
+        vision_feature_select_strategy="full", image_seq_length=config.vision.tokens_per_image,
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(llava)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)  # far from uniform logits, so greedy choices are clear-cut
+    size = config.vision.image_size
+    processor = LlavaProcessor(
+        image_processor=PilImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        tokenizer=tokenizer, patch_size=config.vision.patch_size, vision_feature_select_strategy="full",
+        num_additional_image_tokens=0, chat_template=HUB_CHAT_TEMPLATE,
+    )
+    out = tmp_path_factory.mktemp("transformers_saved")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(transformers_checkpoint):
     """The saved processor, with its PIL backend: the torchvision backend's bicubic differs by 1/255 here and there."""
-    model = LlavaForConditionalGeneration.from_pretrained(hf_checkpoint, attn_implementation="sdpa").eval()
-    processor = AutoProcessor.from_pretrained(hf_checkpoint)
-    processor.image_processor = PilImageProcessor.from_pretrained(hf_checkpoint)
+    model = LlavaForConditionalGeneration.from_pretrained(transformers_checkpoint, attn_implementation="sdpa").eval()
+    processor = AutoProcessor.from_pretrained(transformers_checkpoint)
+    processor.image_processor = PilImageProcessor.from_pretrained(transformers_checkpoint)
     return model, processor
 
 
 @pytest.mark.parametrize("count", [1, 2, 5])
-def test_greedy_tokens_match_transformers(hf_checkpoint, image_files, reference, count):
+def test_greedy_tokens_match_transformers(transformers_checkpoint, image_files, reference, count):
     ref_model, ref_processor = reference
     images = [Image.open(p).convert("RGB") for p in image_files[:count]]
     messages = [{"role": "user", "content": [*({"type": "image"} for _ in images), {"type": "text", "text": "What is in the image?"}]}]
@@ -37,7 +66,7 @@ def test_greedy_tokens_match_transformers(hf_checkpoint, image_files, reference,
     expected = ref_model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=-1, pad_token_id=0)
     expected = expected[0, inputs["input_ids"].shape[1] :].tolist()
 
-    pipe = llava_interleave.load(hf_checkpoint, template="hf", device="cpu")
+    pipe = llava_interleave.load(transformers_checkpoint, template="hf", device="cpu")
     sample = pipe.sample([{"role": "user", "content": [*images, "What is in the image?"]}])
     assert pipe.processor.template.render_text(sample) == prompt
     encoded = pipe.processor.encode(sample)
@@ -46,14 +75,14 @@ def test_greedy_tokens_match_transformers(hf_checkpoint, image_files, reference,
     assert got == expected
 
 
-def test_forward_logits_match_transformers(hf_checkpoint, image_files, reference):
+def test_forward_logits_match_transformers(transformers_checkpoint, image_files, reference):
     ref_model, ref_processor = reference
     images = [Image.open(p).convert("RGB") for p in image_files[:2]]
     text = "<|im_start|>user\n<image><image>\nCompare them.<|im_end|>\n<|im_start|>assistant\n"
     inputs = ref_processor(images=images, text=text, return_tensors="pt")
     with torch.no_grad():
         expected = ref_model(**inputs).logits
-    net, _ = load_model(hf_checkpoint, "cpu")
+    net, _ = load_model(transformers_checkpoint, "cpu")
     pipe = llava_interleave.Pipeline(net, ref_processor.tokenizer, "hf")
     visuals = [pipe.processor.prepare_visual(v) for v in pipe.sample([{"role": "user", "content": images}]).visuals]
     assert all(v.modality == Modality.IMAGE for v in visuals)
@@ -63,12 +92,12 @@ def test_forward_logits_match_transformers(hf_checkpoint, image_files, reference
     assert (got - expected).abs().max().item() < 1e-4
 
 
-def test_original_layout_same_weights_same_logits(hf_checkpoint, image_files, tmp_path):
+def test_original_layout_same_weights_same_logits(transformers_checkpoint, image_files, tmp_path):
     """hf -> original (flat) conversion keeps the function: same expanded sequence, same logits."""
     from llava_interleave.cli import main
 
-    assert main(["convert", str(hf_checkpoint), str(tmp_path / "orig"), "--to", "original"]) == 0
-    hf_pipe = llava_interleave.load(hf_checkpoint, template="qwen_1_5", device="cpu")
+    assert main(["convert", str(transformers_checkpoint), str(tmp_path / "orig"), "--to", "original"]) == 0
+    hf_pipe = llava_interleave.load(transformers_checkpoint, template="qwen_1_5", device="cpu")
     orig_pipe = llava_interleave.load(tmp_path / "orig", template="qwen_1_5", device="cpu")
     assert orig_pipe.config.layout == "original" and orig_pipe.config.processor.patch_merge == "flat"
     messages = [{"role": "user", "content": [{"type": "image", "image": image_files[0]}, {"type": "image", "image": image_files[1]}, "Which is brighter?"]}]

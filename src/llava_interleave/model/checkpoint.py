@@ -109,6 +109,8 @@ def load_model(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     state = layouts.to_internal(read_weights(path), config.layout, config.vision.num_layers)
+    if "lm_head.weight" not in state and not config.text.tie_word_embeddings:
+        config = replace(config, text=replace(config.text, tie_word_embeddings=True))  # as saved by tied models
     with torch.device("meta"):
         net = LlavaInterleave(config)
     missing, unexpected = _check_keys(net, state)

@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 import torch
+from transformers import Qwen2Config, SiglipVisionConfig
 
 from ..config import InterleaveConfig, ProcessorConfig, TextConfig, VisionConfig, dataclass_from_dict
 from ..errors import CheckpointError
@@ -101,32 +102,40 @@ def from_internal(state: StateDict, layout: str, config: InterleaveConfig) -> St
 
 
 def _text_config(d: dict[str, Any]) -> TextConfig:
-    rope = d.get("rope_theta") or (d.get("rope_parameters") or {}).get("rope_theta", 1_000_000.0)
+    """Missing keys take Qwen2Config's defaults, as transformers would (older files store only non-defaults)."""
+    known = Qwen2Config().to_dict()
+    hf = Qwen2Config(**{k: v for k, v in d.items() if k in known or k == "rope_theta"})
+    rope = getattr(hf, "rope_parameters", None) or {}
     return TextConfig(
-        vocab_size=d["vocab_size"],
-        hidden_size=d["hidden_size"],
-        intermediate_size=d["intermediate_size"],
-        num_layers=d["num_hidden_layers"],
-        num_heads=d["num_attention_heads"],
-        num_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
-        rope_theta=float(rope),
-        max_position_embeddings=d.get("max_position_embeddings", 32768),
-        rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-        tie_word_embeddings=d.get("tie_word_embeddings", False),
+        vocab_size=hf.vocab_size,
+        hidden_size=hf.hidden_size,
+        intermediate_size=hf.intermediate_size,
+        num_layers=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        num_kv_heads=hf.num_key_value_heads or hf.num_attention_heads,
+        rope_theta=float(d.get("rope_theta") or rope.get("rope_theta") or getattr(hf, "rope_theta", 1_000_000.0)),
+        max_position_embeddings=hf.max_position_embeddings,
+        rms_norm_eps=hf.rms_norm_eps,
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
     )
 
 
 def _vision_config(d: dict[str, Any], kept_layers: int) -> VisionConfig:
     return VisionConfig(
-        image_size=d.get("image_size", 384),
-        patch_size=d.get("patch_size", 14),
-        hidden_size=d.get("hidden_size", 1152),
-        intermediate_size=d.get("intermediate_size", 4304),
+        image_size=d["image_size"],
+        patch_size=d["patch_size"],
+        hidden_size=d["hidden_size"],
+        intermediate_size=d["intermediate_size"],
         num_layers=kept_layers,
-        num_heads=d.get("num_attention_heads", 16),
-        layer_norm_eps=d.get("layer_norm_eps", 1e-6),
-        hidden_act=d.get("hidden_act", "gelu_pytorch_tanh"),
+        num_heads=d["num_attention_heads"],
+        layer_norm_eps=d["layer_norm_eps"],
+        hidden_act=d["hidden_act"],
     )
+
+
+# Released original-layout files name the tower (so400m) but carry no vision config.
+SO400M = {"image_size": 384, "patch_size": 14, "hidden_size": 1152, "intermediate_size": 4304,
+          "num_hidden_layers": 27, "num_attention_heads": 16, "layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh"}
 
 
 def _extra(d: dict[str, Any]) -> dict[str, Any]:
@@ -139,10 +148,10 @@ def config_from_hf(d: dict[str, Any], image_processor: dict[str, Any]) -> Interl
     layer = d.get("vision_feature_layer", -1)
     if not isinstance(layer, int):
         raise CheckpointError(f"vision_feature_layer {layer!r}: only a single layer is supported")
-    vision_json = d.get("vision_config") or {}
-    total = vision_json.get("num_hidden_layers", 26)
+    vision_json = {**SiglipVisionConfig().to_dict(), **(d.get("vision_config") or {})}
+    total = vision_json["num_hidden_layers"]
     kept = total + 1 + layer if layer < 0 else layer
-    text = d["text_config"]
+    text = {"tie_word_embeddings": d.get("tie_word_embeddings", False), **d.get("text_config", {})}
     size = image_processor.get("size") or {}
     processor = dataclass_from_dict(
         ProcessorConfig,
@@ -154,7 +163,7 @@ def config_from_hf(d: dict[str, Any], image_processor: dict[str, Any]) -> Interl
             **_extra(d),
         },
     )
-    if size and size.get("height", vision_json.get("image_size")) != vision_json.get("image_size", 384):
+    if size and size.get("height", vision_json["image_size"]) != vision_json["image_size"]:
         raise CheckpointError(f"image processor size {size} differs from the vision tower's image_size")
     return InterleaveConfig(
         vision=_vision_config(vision_json, kept),
@@ -171,8 +180,11 @@ def config_from_hf(d: dict[str, Any], image_processor: dict[str, Any]) -> Interl
 def config_from_original(d: dict[str, Any]) -> InterleaveConfig:
     if d.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
         raise CheckpointError(f"mm_projector_type {d['mm_projector_type']!r} is not supported (only mlp2x_gelu)")
-    vision_json = d.get("mm_vision_config") or {}  # absent in released files: SigLIP so400m defaults
-    kept = vision_json.get("num_hidden_layers", 27) - 1
+    vision_json = {**SO400M, **(d.get("mm_vision_config") or {})}
+    kept = vision_json["num_hidden_layers"] - 1
+    pinpoints = d.get("image_grid_pinpoints") or ProcessorConfig().grid_pinpoints
+    if not isinstance(pinpoints, (list, tuple)):
+        raise CheckpointError(f"image_grid_pinpoints {pinpoints!r}: only an explicit list of [width, height] is supported")
     aspect = d.get("image_aspect_ratio", "pad")
     merge = d.get("mm_patch_merge_type", "flat")
     processor = dataclass_from_dict(
@@ -182,7 +194,7 @@ def config_from_original(d: dict[str, Any]) -> InterleaveConfig:
             "image_std": vision_json.get("image_std", [0.5] * 3),
             "image_aspect": "anyres" if str(aspect).startswith("anyres") else ("pad" if aspect == "pad" else "squash"),
             "patch_merge": "spatial_unpad" if "unpad" in str(merge) else "flat",
-            "grid_pinpoints": d.get("image_grid_pinpoints") or ProcessorConfig().grid_pinpoints,
+            "grid_pinpoints": pinpoints,
             **_extra(d),
         },
     )
