@@ -2,6 +2,7 @@
 
 Videos are decoded with PyAV and sampled uniformly (first and last frame included) or by rate; a video
 shorter than the requested count gives all of its frames. A folder of frame images counts as a video.
+Errors are `MediaError` so the CLI can print them without a traceback, instead of failing deep in the model.
 """
 
 from __future__ import annotations
@@ -11,13 +12,19 @@ import re
 import warnings
 from pathlib import Path
 
+import av
 import numpy as np
 from PIL import Image
 
 from ..errors import MediaError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpeg", ".mpg", ".gif"}
+FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpeg", ".mpg"}
+
+
+def _cause(err: BaseException) -> str:
+    """The library's message squeezed to one line, so every error stays a single line."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
@@ -25,7 +32,7 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     if isinstance(source, Image.Image):
         return source.convert("RGB")
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         raise MediaError(f"image not found: {path}")
     try:
         with warnings.catch_warnings():
@@ -34,79 +41,94 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
                 image.load()
                 return image.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise MediaError(f"image too large (decompression bomb guard): {path}: {err}") from err
+        raise MediaError(f"image too large (decompression bomb guard): {path}: {_cause(err)}") from err
     except (OSError, ValueError, SyntaxError) as err:
-        raise MediaError(f"cannot read image {path}: {err}") from err
+        raise MediaError(f"cannot read image {path}: {_cause(err)}") from err
 
 
 def is_video_path(path: str | os.PathLike) -> bool:
+    """Whether a path is meant as a video (a frame folder or a video file), judged without opening it."""
     path = Path(path)
     return path.is_dir() or path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 def sample_indices(total: int, num_frames: int) -> list[int]:
-    """`num_frames` indices spread evenly over `total` frames; all frames when there are not more."""
+    """`num_frames` indices spread evenly over `total` frames, first and last included; all frames when
+    there are not more, so a short video never crashes."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     if total <= num_frames:
         return list(range(total))
-    return [int(round(x)) for x in np.linspace(0, total - 1, num_frames)]
+    return np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
 
 
 def load_video(path: str | os.PathLike, num_frames: int = 16, fps: float | None = None) -> list[Image.Image]:
-    """Frames of a video file or a frame folder, in temporal order, as RGB images."""
+    """At most `num_frames` RGB frames of a video file or a frame folder, in temporal order.
+
+    With `fps`, frames are first picked one every 1/fps seconds by timestamp (fps is ignored for folders).
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+    if fps is not None and fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
     path = Path(path)
     if path.is_dir():
         return _load_frame_folder(path, num_frames)
-    if not path.is_file():
+    if not path.exists():
         raise MediaError(f"video not found: {path}")
-    import av
-
     try:
-        frames = _decode(path, num_frames, fps, av)
-    except (av.FFmpegError, OSError, ValueError, IndexError) as err:
-        raise MediaError(f"cannot decode video {path}: {err}") from err
+        frames = _keep_frames(path, _pick_frames(path, num_frames, fps))
+    except (av.FFmpegError, OSError) as err:
+        raise MediaError(f"cannot decode video (corrupt or unsupported) {path}: {_cause(err)}") from err
     if not frames:
         raise MediaError(f"video has no decodable frames: {path}")
     return frames
 
 
-def _decode(path: Path, num_frames: int, fps: float | None, av) -> list[Image.Image]:  # noqa: ANN001
-    """Pass 1 picks the frame indices (from the header's count, or by counting); pass 2 keeps only those."""
+def _pick_frames(path: Path, num_frames: int, fps: float | None) -> list[int]:
+    """The indices to keep: from the header's frame count, or else by a counting pass (which holds no frames)."""
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise MediaError(f"not a video (no video stream): {path}")
         stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
         if fps is not None:
-            times = [float(f.time or 0.0) for f in container.decode(stream)]
-            wanted = _by_rate(times, fps)
-            wanted = [wanted[i] for i in sample_indices(len(wanted), num_frames)]
-        else:
-            total = stream.frames or sum(1 for _ in container.decode(stream))
-            wanted = sample_indices(total, num_frames)
-    keep = set(wanted)
+            ticks = _by_rate([float(f.time or 0.0) for f in container.decode(stream)], fps)
+            return [ticks[i] for i in sample_indices(len(ticks), num_frames)]
+        return sample_indices(stream.frames or sum(1 for _ in container.decode(stream)), num_frames)
+
+
+def _keep_frames(path: Path, wanted: list[int]) -> list[Image.Image]:
+    """One decoding pass that converts only the wanted frames and stops after the last of them."""
+    keep, frames = set(wanted), []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        return [f.to_image().convert("RGB") for i, f in enumerate(container.decode(stream)) if i in keep]
+        stream.thread_type = "AUTO"
+        for index, frame in enumerate(container.decode(stream)):
+            if index in keep:
+                frames.append(frame.to_image())
+                if len(frames) == len(keep):
+                    break
+    return frames
 
 
 def _by_rate(times: list[float], fps: float) -> list[int]:
-    """Index of the frame closest to each tick 0, 1/fps, 2/fps ... up to the last frame's time."""
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+    """Index of the frame closest in time to each tick 0, 1/fps, 2/fps ... up to the last frame."""
     if not times:
         return []
     ticks = np.arange(0.0, times[-1] + 1e-9, 1.0 / fps)
-    stamps = np.asarray(times)
-    return sorted({int(np.abs(stamps - t).argmin()) for t in ticks})
+    nearest = np.interp(ticks, times, np.arange(len(times))).round().astype(int)
+    return np.unique(nearest).tolist()
 
 
 def _natural_key(path: Path) -> list[int | str]:
+    """Sort key under which frame_2 comes before frame_10."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
 def _load_frame_folder(folder: Path, num_frames: int) -> list[Image.Image]:
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key)
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FRAME_EXTENSIONS]
     if not files:
-        raise MediaError(f"frame folder has no images: {folder}")
+        raise MediaError(f"frame folder has no images ({', '.join(sorted(FRAME_EXTENSIONS))}): {folder}")
+    files.sort(key=_natural_key)
     return [load_image(files[i]) for i in sample_indices(len(files), num_frames)]
