@@ -16,13 +16,13 @@ from ..model.anyres import fitted_size, select_best_resolution
 
 
 def to_tensor(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """PIL image -> (3, size, size) float32, squash-resized with bicubic."""
+    """PIL image -> (3, size, size) float32, squash-resized with bicubic; x * (1/255), then (x - mean) / std."""
     image = image.convert("RGB")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC)
-    array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
-    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).to(torch.float32)  # (3, S, S)
+    shape = (3, 1, 1)
+    return pixels.mul_(1 / 255).sub_(torch.tensor(mean).view(shape)).div_(torch.tensor(std).view(shape))
 
 
 def pad_to_square(image: Image.Image, mean: Sequence[float]) -> Image.Image:
