@@ -33,6 +33,8 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     visuals: tuple[VisualInput, ...]
+    turn_ends: tuple[int, ...] = ()  # token offsets just after each complete turn
+    visual_starts: tuple[int, ...] = ()  # token offset of each visual's first slot
 
     def __len__(self) -> int:
         return len(self.input_ids)

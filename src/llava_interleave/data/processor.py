@@ -50,13 +50,16 @@ class Processor:
         ids: list[int] = []
         labels: list[int] = []
         visuals: list[VisualInput] = []
+        turn_ends: list[int] = []
+        starts: list[int] = []
         pieces = self.template.render(sample, add_generation_prompt)
-        for (is_visual, trainable), run in groupby(pieces, key=lambda p: (p.visual is not None, p.trainable)):
+        for (is_visual, trainable, end), run in groupby(pieces, key=lambda p: (p.visual is not None, p.trainable, p.turn_end)):
             if is_visual:
                 for piece in run:
                     assert piece.visual is not None
                     visual = self.prepare_visual(piece.visual)
                     visuals.append(visual)
+                    starts.append(len(ids))
                     ids += [self.config.image_token_id] * visual.num_tokens
                     labels += [IGNORE_INDEX] * visual.num_tokens
                 continue
@@ -66,4 +69,6 @@ class Processor:
             tokens = self.tokenizer.encode(text, add_special_tokens=False)
             ids += tokens
             labels += tokens if trainable else [IGNORE_INDEX] * len(tokens)
-        return Encoded(ids, labels, tuple(visuals))
+            if end:
+                turn_ends.append(len(ids))
+        return Encoded(ids, labels, tuple(visuals), tuple(turn_ends), tuple(starts))

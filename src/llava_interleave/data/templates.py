@@ -22,6 +22,7 @@ class Piece:
     text: str = ""
     trainable: bool = False
     visual: Visual | None = None
+    turn_end: bool = False  # the last piece of a turn: truncation may cut after it
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Template:
         turns = list(sample.turns)
         pieces: list[Piece] = []
         if self.default_system is not None and (not turns or turns[0].role != "system"):
-            pieces.append(Piece(f"{IM_START}system\n{self.default_system}{IM_END}\n"))
+            pieces.append(Piece(f"{IM_START}system\n{self.default_system}{IM_END}\n", turn_end=True))
         for turn in turns:
             if turn.role == "system" and turn.visuals:
                 raise PromptError("a system turn cannot hold images")
@@ -55,7 +56,7 @@ class Template:
                 pieces.append(Piece(self.text_prefix + text, trainable))
                 after_visual = False
             pieces.append(Piece(IM_END, trainable))
-            pieces.append(Piece("\n"))
+            pieces.append(Piece("\n", turn_end=True))
         if add_generation_prompt:
             pieces.append(Piece(f"{IM_START}assistant\n"))
         return pieces
