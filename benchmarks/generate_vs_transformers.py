@@ -4,10 +4,10 @@ Both sides load the same random hf-layout checkpoint (tens of millions of parame
 vision geometry: 384 px, patch 14, 729 tokens per frame) and answer one 16-frame prompt (frames given
 as images, since transformers' Llava has no video path) with greedy decoding of exactly N new tokens.
 
-Measured per side, in its own process so peak memory is comparable (median of --repeats after a warm-up):
-  time to first token (raw PIL frames -> first token: preprocessing, tower, prefill), decode tokens/s,
-  peak memory (CUDA: max allocated; CPU: growth of the peak RSS over the RSS after loading).
-Then a breakdown of where our time goes.
+Speed: both sides in one process, runs alternated (ours, theirs, ours, ...) after a warm-up round, medians
+of --repeats: time to first token (raw PIL frames -> first token: preprocessing, tower, prefill) and
+decode tokens/s. Memory: each side alone in a child process, the peak of one answer over the loaded model
+(CUDA: max allocated; CPU: resident memory sampled every 2 ms). Then where our time goes, stage by stage.
 
     python benchmarks/generate_vs_transformers.py [--device cpu|cuda] [--frames 16] [--new-tokens 32]
 """
@@ -153,31 +153,73 @@ class Reference:
         return streamer.first - start, end - streamer.first, out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
-def peak_memory(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+class PeakRSS:
+    """Highest resident memory seen while the block runs (sampled every 2 ms from /proc), minus the start."""
+
+    def __enter__(self) -> "PeakRSS":
+        import threading
+
+        self.base = self.peak = self._rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = False
+        self.thread.join()
+
+    def _watch(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.002)
+
+    @staticmethod
+    def _rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+    @property
+    def mib(self) -> float:
+        return self.peak - self.base
 
 
-def measure_side(args: argparse.Namespace) -> dict[str, Any]:
-    """Runs in a child process: one side only, so its peak memory is its own."""
+def memory_side(args: argparse.Namespace) -> float:
+    """In a child process, one side only: peak memory of one answer over the loaded model, in MiB."""
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     side = (Ours if args.side == "ours" else Reference)(Path(args.checkpoint), args.device, dtype)
     images = frames(args.frames)
-    side.run(images, args.new_tokens)  # warm-up
+    side.run(images, 2)  # warm-up: one-time allocations are not the answer's
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    base = peak_memory(args.device) if not args.device.startswith("cuda") else torch.cuda.memory_allocated() / 2**20
-    runs = [side.run(images, args.new_tokens) for _ in range(args.repeats)]
-    result = {
-        "ttft_s": statistics.median(r[0] for r in runs),
-        "decode_tok_s": statistics.median((args.new_tokens - 1) / r[1] for r in runs),
-        "peak_mib": peak_memory(args.device) - base,
-        "tokens": runs[0][2],
+        base = torch.cuda.memory_allocated()
+        side.run(images, args.new_tokens)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with PeakRSS() as peak:
+        side.run(images, args.new_tokens)
+    return peak.mib
+
+
+def timings(checkpoint: Path, args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], bool, dict[str, float]]:
+    """Both sides in this process, runs alternated so machine noise hits both alike; medians."""
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    sides = {"ours": Ours(checkpoint, args.device, dtype), "transformers": Reference(checkpoint, args.device, dtype)}
+    images = frames(args.frames)
+    runs: dict[str, list[tuple[float, float, list[int]]]] = {name: [] for name in sides}
+    for repeat in range(args.repeats + 1):
+        for name, side in sides.items():
+            result = side.run(images, args.new_tokens)
+            if repeat:  # the first round warms up
+                runs[name].append(result)
+    medians = {
+        name: {
+            "ttft_s": statistics.median(r[0] for r in results),
+            "decode_tok_s": statistics.median((args.new_tokens - 1) / r[1] for r in results),
+        }
+        for name, results in runs.items()
     }
-    if args.side == "ours":
-        result["breakdown"] = side.breakdown(images, args.new_tokens)
-    return result
+    same = runs["ours"][0][2] == runs["transformers"][0][2]
+    return medians, same, sides["ours"].breakdown(images, args.new_tokens)
 
 
 def main() -> None:
@@ -192,27 +234,29 @@ def main() -> None:
     args = parser.parse_args()
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     if args.side:
-        print(json.dumps(measure_side(args)))
+        print(json.dumps(memory_side(args)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = build_checkpoint(Path(tmp) / "ckpt")
         from llava_interleave.model.checkpoint import load_model
 
         params = sum(p.numel() for p in load_model(checkpoint, "cpu")[0].parameters())
-        results = {}
+        memory = {}
         for side in ("ours", "transformers"):
             cmd = [sys.executable, __file__, "--side", side, "--checkpoint", str(checkpoint), "--device", args.device,
-                   "--dtype", args.dtype, "--frames", str(args.frames), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
-            results[side] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-    ours, ref = results["ours"], results["transformers"]
+                   "--dtype", args.dtype, "--frames", str(args.frames), "--new-tokens", str(args.new_tokens)]
+            memory[side] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        speed, same, breakdown = timings(checkpoint, args)
+    ours, ref = speed["ours"], speed["transformers"]
     print(f"{params / 1e6:.1f}M parameters, {args.frames} frames x 729 tokens, {args.new_tokens} new tokens, "
-          f"{args.device} {args.dtype}, median of {args.repeats}; same tokens: {ours['tokens'] == ref['tokens']}\n")
+          f"{args.device} {args.dtype}, median of {args.repeats} alternated runs; same tokens: {same}\n")
     print("| metric | llava_interleave | transformers | ratio |\n|---|---|---|---|")
-    print(f"| time to first token (s) | {ours['ttft_s']:.3f} | {ref['ttft_s']:.3f} | {ref['ttft_s'] / ours['ttft_s']:.2f}x faster |")
-    print(f"| decode (tokens/s) | {ours['decode_tok_s']:.1f} | {ref['decode_tok_s']:.1f} | {ours['decode_tok_s'] / ref['decode_tok_s']:.2f}x faster |")
-    print(f"| peak memory over loaded model (MiB) | {ours['peak_mib']:.0f} | {ref['peak_mib']:.0f} | {ours['peak_mib'] / max(ref['peak_mib'], 1e-9):.2f}x |")
+    print(f"| time to first token (s) | {ours['ttft_s']:.3f} | {ref['ttft_s']:.3f} | {ref['ttft_s'] / ours['ttft_s']:.2f}x as fast |")
+    print(f"| decode (tokens/s) | {ours['decode_tok_s']:.1f} | {ref['decode_tok_s']:.1f} | {ours['decode_tok_s'] / ref['decode_tok_s']:.2f}x as fast |")
+    print(f"| peak memory of one answer over the loaded model (MiB) | {memory['ours']:.0f} | {memory['transformers']:.0f} | "
+          f"{memory['ours'] / max(memory['transformers'], 1e-9):.2f}x |")
     print("\nWhere our time goes (one answer):\n\n| stage | seconds |\n|---|---|")
-    for stage, seconds in ours["breakdown"].items():
+    for stage, seconds in breakdown.items():
         print(f"| {stage} | {seconds:.3f} |")
 
 
