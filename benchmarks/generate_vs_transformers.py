@@ -78,7 +78,7 @@ class Ours:
 
     def breakdown(self, images: list[Image.Image], new_tokens: int) -> dict[str, float]:
         """Seconds spent in each stage of one answer, timed around the same calls the engine makes."""
-        from transformers import DynamicCache
+        from llava_interleave.model.kv_cache import preallocated_cache
 
         model, times = self.pipe.model, {}
         with torch.inference_mode():
@@ -91,7 +91,7 @@ class Ours:
             times["vision tower + projector"] = time.perf_counter() - t
             ids = torch.tensor([encoded.input_ids], device=model.device)
             embeds = model.embed(ids, encoded.visuals)
-            cache = DynamicCache(config=model.language_model.config)
+            cache = preallocated_cache(model.config.text.num_layers, ids.shape[1] + new_tokens)
             sync(self.device)
             t = time.perf_counter()
             logits = model(inputs_embeds=embeds, past_key_values=cache, logits_to_keep=1).logits[:, -1]

@@ -2,7 +2,8 @@
 
 Several prompts run as one batch with left padding (positions count only real tokens). Greedy when
 temperature is 0, else temperature + top-p sampling from a seeded generator. The vocabulary
-projection in prefill is computed for the last position only.
+projection in prefill is computed for the last position only, and the KV cache is preallocated for
+prompt + answer so a decode step never copies it (see model/kv_cache.py).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from .data.batch import Encoded
+from .model.kv_cache import preallocated_cache
 from .model.llava import LlavaInterleave
 
 
@@ -45,7 +46,7 @@ class Engine:
         ids, mask = ids.to(device), mask.to(device)
         padded = bool((mask == 0).any())
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
-        cache = DynamicCache(config=model.language_model.config)
+        cache = preallocated_cache(model.config.text.num_layers, width + sampling.max_new_tokens)
         visuals = [v for p in prompts for v in p.visuals]
         logits = model(ids, visuals, mask if padded else None, positions, cache, logits_to_keep=1).logits[:, -1]
         generator = self._generator(sampling.seed, device)

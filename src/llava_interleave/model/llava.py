@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
 from ..config import InterleaveConfig
 from ..data.batch import VisualInput
@@ -25,7 +25,7 @@ from .vision_tower import VisionTower
 @dataclass
 class ForwardOutput:
     logits: torch.Tensor  # (B, L or logits_to_keep, V)
-    past_key_values: DynamicCache | None
+    past_key_values: Cache | None
 
 
 class LlavaInterleave(nn.Module):
@@ -74,7 +74,7 @@ class LlavaInterleave(nn.Module):
         visuals: Sequence[VisualInput] = (),
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: DynamicCache | None = None,
+        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         logits_to_keep: int = 0,
     ) -> ForwardOutput:

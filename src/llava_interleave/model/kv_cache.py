@@ -1,0 +1,38 @@
+"""A KV cache written into buffers sized for prompt + answer, so decoding never copies the cache.
+
+transformers' DynamicCache concatenates every step, copying the whole cache per token: with a 16-frame
+prompt (~12k tokens) that copy, not the arithmetic, is most of a decode step. Here each layer writes
+the new keys and values in place and exposes a view of the filled part.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class PreallocatedLayer(DynamicLayer):
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.filled = 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            batch, heads, _, dim = key_states.shape
+            self.key_buffer = key_states.new_empty(batch, heads, self.capacity, dim)
+            self.value_buffer = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
+        end = self.filled + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache full: {end} tokens for a capacity of {self.capacity}")
+        self.key_buffer[:, :, self.filled : end] = key_states
+        self.value_buffer[:, :, self.filled : end] = value_states
+        self.filled = end
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+
+def preallocated_cache(num_layers: int, capacity: int) -> Cache:
+    """A cache for `capacity` tokens (prompt + new tokens) in every layer."""
+    return Cache(layers=[PreallocatedLayer(capacity) for _ in range(num_layers)])
