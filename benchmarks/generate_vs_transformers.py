@@ -1,15 +1,21 @@
 """Generation speed and memory: llava_interleave vs transformers' LlavaForConditionalGeneration.
 
-Both sides load the same random hf-layout checkpoint (tens of millions of parameters, the released
-vision geometry: 384 px, patch 14, 729 tokens per frame) and answer one 16-frame prompt (frames given
-as images, since transformers' Llava has no video path) with greedy decoding of exactly N new tokens.
+Both sides load the same random hf-layout checkpoint, built here in a temp dir (tens of millions of
+parameters, the released vision geometry: 384 px, patch 14 -> 729 tokens per frame, small widths), and
+answer one prompt of --frames synthetic frames (given as images: transformers' Llava has no video path)
+with greedy decoding of exactly --new-tokens tokens (no EOS stopping on either side).
 
-Speed: both sides in one process, runs alternated (ours, theirs, ours, ...) after a warm-up round, medians
-of --repeats: time to first token (raw PIL frames -> first token: preprocessing, tower, prefill) and
-decode tokens/s. Memory: each side alone in a child process, the peak of one answer over the loaded model
-(CUDA: max allocated; CPU: resident memory sampled every 2 ms). Then where our time goes, stage by stage.
+Measured, medians of --repeats runs after one warm-up round (the two sides alternate, so machine noise
+hits both alike):
+  * time to first token: raw PIL frames -> first generated token (preprocessing, tower, prefill);
+  * decode tokens/s: the remaining N-1 tokens over their time;
+  * whether both sides produce the same token ids;
+  * peak memory of one answer over the loaded model, each side alone in a child process
+    (CUDA: max_memory_allocated; CPU: peak RSS growth, ru_maxrss plus 2 ms /proc sampling);
+  * where our time goes: preprocessing, vision tower + projector, LM prefill, decode (explicit timers).
 
-    python benchmarks/generate_vs_transformers.py [--device cpu|cuda] [--frames 16] [--new-tokens 32]
+    python benchmarks/generate_vs_transformers.py [--device cpu|cuda] [--frames 16] [--new-tokens 32] \
+        [--repeats 3] [--dtype float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -21,14 +27,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
 
 QUESTION = "What happens in these frames?"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+Result = tuple[float, float, list[int]]  # (ttft seconds, decode seconds, token ids)
 
 
 def build_checkpoint(out: Path) -> Path:
@@ -43,10 +51,13 @@ def build_checkpoint(out: Path) -> Path:
 
 
 def frames(count: int) -> list[Image.Image]:
+    """320x240 frames: a red disc moving right, a blue square moving down."""
     images = []
     for i in range(count):
         image = Image.new("RGB", (320, 240), (230, 230, 220))
-        ImageDraw.Draw(image).ellipse((10 + 15 * i, 100, 50 + 15 * i, 140), fill=(200, 40, 40))
+        draw = ImageDraw.Draw(image)
+        draw.ellipse((10 + 15 * i, 100, 50 + 15 * i, 140), fill=(200, 40, 40))
+        draw.rectangle((200, 10 + 12 * i, 230, 40 + 12 * i), fill=(40, 60, 200))
         images.append(image)
     return images
 
@@ -59,53 +70,58 @@ def sync(device: str) -> None:
 class Ours:
     def __init__(self, path: Path, device: str, dtype: torch.dtype) -> None:
         import llava_interleave
-        from llava_interleave.engine import SamplingConfig
 
         self.pipe = llava_interleave.load(path, template="hf", device=device, dtype=dtype)
-        self.sampling = SamplingConfig
         self.device = device
 
-    def run(self, images: list[Image.Image], new_tokens: int) -> tuple[float, float, list[int]]:
+    def run(self, images: list[Image.Image], new_tokens: int) -> Result:
+        from llava_interleave.engine import SamplingConfig
+
         start = time.perf_counter()
         encoded = self.pipe.processor.encode(self.pipe.sample([{"role": "user", "content": [*images, QUESTION]}]))
         tokens: list[int] = []
-        for step in self.pipe.engine.stream([encoded], self.sampling(max_new_tokens=new_tokens)):
-            sync(self.device)
-            tokens.append(step[0])
+        first = start
+        for step in self.pipe.engine.stream([encoded], SamplingConfig(max_new_tokens=new_tokens)):  # no stop ids
+            tokens.append(step[0])  # int(): the step has been computed
             if len(tokens) == 1:
                 first = time.perf_counter()
+        sync(self.device)
         return first - start, time.perf_counter() - first, tokens
 
     def breakdown(self, images: list[Image.Image], new_tokens: int) -> dict[str, float]:
-        """Seconds spent in each stage of one answer, timed around the same calls the engine makes."""
+        """Seconds per stage of one answer, timers around the calls the engine makes (batch of one)."""
         from llava_interleave.model.kv_cache import preallocated_cache
+        from llava_interleave.model.merge import merge_visual_tokens
 
         model, times = self.pipe.model, {}
+
+        def timed(name: str, start: float) -> None:
+            sync(self.device)
+            times[name] = time.perf_counter() - start
+
         with torch.inference_mode():
             t = time.perf_counter()
             encoded = self.pipe.processor.encode(self.pipe.sample([{"role": "user", "content": [*images, QUESTION]}]))
-            times["preprocess (resize, normalise, tokenise)"] = time.perf_counter() - t
+            timed("preprocessing (resize, normalise, tokenise)", t)
             t = time.perf_counter()
-            model.encode_visuals(encoded.visuals)
-            sync(self.device)
-            times["vision tower + projector"] = time.perf_counter() - t
+            visual_tokens = torch.cat(model.encode_visuals(encoded.visuals))
+            timed("vision tower + projector", t)
+            t = time.perf_counter()
             ids = torch.tensor([encoded.input_ids], device=model.device)
-            embeds = model.embed(ids, encoded.visuals)
+            slots = ids == model.config.image_token_id
+            embeds = merge_visual_tokens(model.language_model.embed_tokens(ids.masked_fill(slots, 0)), slots, visual_tokens)
             cache = preallocated_cache(model.config.text.num_layers, ids.shape[1] + new_tokens)
-            sync(self.device)
-            t = time.perf_counter()
-            logits = model(inputs_embeds=embeds, past_key_values=cache, logits_to_keep=1).logits[:, -1]
-            sync(self.device)
-            times["LM prefill"] = time.perf_counter() - t
-            position = ids.shape[1]
+            positions = torch.arange(ids.shape[1], device=model.device)[None]
+            logits = model(None, (), None, positions, cache, embeds, logits_to_keep=1).logits[:, -1]
+            token = logits.argmax(-1)
+            timed(f"LM prefill ({ids.shape[1]} tokens)", t)
             t = time.perf_counter()
             for _ in range(new_tokens - 1):
-                token = logits.argmax(-1, keepdim=True)
-                pos = torch.tensor([[position]], device=model.device)
-                logits = model(None, (), None, pos, cache, model.language_model.embed_tokens(token)).logits[:, -1]
-                position += 1
-            sync(self.device)
-            times[f"decode ({new_tokens - 1} tokens)"] = time.perf_counter() - t
+                positions = positions[:, -1:] + 1
+                embeds = model.language_model.embed_tokens(token[:, None])
+                token = model(None, (), None, positions, cache, embeds).logits[:, -1].argmax(-1)
+                int(token)  # the engine reads every token back
+            timed(f"decode ({new_tokens - 1} tokens)", t)
         return times
 
 
@@ -113,7 +129,7 @@ class Reference:
     def __init__(self, path: Path, device: str, dtype: torch.dtype) -> None:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        try:
+        try:  # transformers >= 5: the PIL backend resizes exactly as ours does (see tests/test_parity.py)
             from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil as Pil
         except ImportError:
             from transformers import SiglipImageProcessor as Pil
@@ -122,17 +138,20 @@ class Reference:
         self.processor.image_processor = Pil.from_pretrained(path)
         self.device = device
 
-    def run(self, images: list[Image.Image], new_tokens: int) -> tuple[float, float, list[int]]:
+    def run(self, images: list[Image.Image], new_tokens: int) -> Result:
         from transformers.generation.streamers import BaseStreamer
 
         device = self.device
 
         class FirstToken(BaseStreamer):
-            calls, first = 0, 0.0
+            """Records when the first generated token arrives (the first put() carries the prompt)."""
+
+            def __init__(self) -> None:
+                self.calls, self.first = 0, 0.0
 
             def put(self, value: torch.Tensor) -> None:
                 self.calls += 1
-                if self.calls == 2:  # the first call carries the prompt
+                if self.calls == 2:
                     sync(device)
                     self.first = time.perf_counter()
 
@@ -146,93 +165,83 @@ class Reference:
         inputs = self.processor(images=images, text=prompt, return_tensors="pt").to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                      streamer=streamer, pad_token_id=0)
+            out = self.model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, eos_token_id=-1,
+                                      pad_token_id=0, streamer=streamer)
         sync(device)
         end = time.perf_counter()
         return streamer.first - start, end - streamer.first, out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
-class PeakRSS:
-    """Highest resident memory seen while the block runs (sampled every 2 ms from /proc), minus the start."""
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
-    def __enter__(self) -> "PeakRSS":
-        import threading
 
-        self.base = self.peak = self._rss()
-        self.running = True
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-        return self
+def cpu_peak_growth(work: callable) -> float:  # type: ignore[valid-type]
+    """Peak RSS while `work` runs minus the RSS before it, in MiB: ru_maxrss when the run raised it (exact),
+    else a 2 ms sampler (ru_maxrss may still hold a higher transient peak from model loading)."""
+    base, maxrss_before, peak, running = rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, [0.0], [True]
 
-    def __exit__(self, *exc: object) -> None:
-        self.running = False
-        self.thread.join()
-
-    def _watch(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self._rss())
+    def watch() -> None:
+        while running[0]:
+            peak[0] = max(peak[0], rss_mib())
             time.sleep(0.002)
 
-    @staticmethod
-    def _rss() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-    @property
-    def mib(self) -> float:
-        return self.peak - self.base
+    sampler = threading.Thread(target=watch, daemon=True)
+    sampler.start()
+    work()
+    running[0] = False
+    sampler.join()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    if maxrss > maxrss_before:
+        peak[0] = max(peak[0], maxrss / 1024)
+    return peak[0] - base
 
 
 def memory_side(args: argparse.Namespace) -> float:
-    """In a child process, one side only: peak memory of one answer over the loaded model, in MiB."""
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    side = (Ours if args.side == "ours" else Reference)(Path(args.checkpoint), args.device, dtype)
+    """Child process, one side only: peak memory of one answer over the loaded model, in MiB."""
+    side = (Ours if args.side == "ours" else Reference)(Path(args.checkpoint), args.device, DTYPES[args.dtype])
     images = frames(args.frames)
-    side.run(images, 2)  # warm-up: one-time allocations are not the answer's
+    side.run(images[:1], 2)  # small warm-up: lazy imports and kernel set-up are not the answer's
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         side.run(images, args.new_tokens)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with PeakRSS() as peak:
-        side.run(images, args.new_tokens)
-    return peak.mib
+    return cpu_peak_growth(lambda: side.run(images, args.new_tokens))
 
 
 def timings(checkpoint: Path, args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], bool, dict[str, float]]:
-    """Both sides in this process, runs alternated so machine noise hits both alike; medians."""
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    sides = {"ours": Ours(checkpoint, args.device, dtype), "transformers": Reference(checkpoint, args.device, dtype)}
+    """Both sides in this process, runs alternated; medians after a warm-up round."""
+    sides = {"ours": Ours(checkpoint, args.device, DTYPES[args.dtype]),
+             "transformers": Reference(checkpoint, args.device, DTYPES[args.dtype])}
     images = frames(args.frames)
-    runs: dict[str, list[tuple[float, float, list[int]]]] = {name: [] for name in sides}
+    runs: dict[str, list[Result]] = {name: [] for name in sides}
     for repeat in range(args.repeats + 1):
         for name, side in sides.items():
             result = side.run(images, args.new_tokens)
-            if repeat:  # the first round warms up
+            if repeat:  # round 0 warms up
                 runs[name].append(result)
-    medians = {
-        name: {
-            "ttft_s": statistics.median(r[0] for r in results),
-            "decode_tok_s": statistics.median((args.new_tokens - 1) / r[1] for r in results),
-        }
-        for name, results in runs.items()
-    }
-    same = runs["ours"][0][2] == runs["transformers"][0][2]
+    medians = {name: {"ttft": statistics.median(r[0] for r in results),
+                      "decode": statistics.median((args.new_tokens - 1) / r[1] for r in results)}
+               for name, results in runs.items()}
+    same = all(a[2] == b[2] for a, b in zip(runs["ours"], runs["transformers"]))
     return medians, same, sides["ours"].breakdown(images, args.new_tokens)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: fp32 on CPU, bf16 on GPU")
+    parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--side", choices=["ours", "transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=["ours", "transformers"], help=argparse.SUPPRESS)  # memory child
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be at least 2 (one first token, then decode)")
     if args.side:
         print(json.dumps(memory_side(args)))
         return
@@ -241,6 +250,7 @@ def main() -> None:
         from llava_interleave.model.checkpoint import load_model
 
         params = sum(p.numel() for p in load_model(checkpoint, "cpu")[0].parameters())
+        print(f"checkpoint: {params / 1e6:.1f}M parameters", flush=True)
         memory = {}
         for side in ("ours", "transformers"):
             cmd = [sys.executable, __file__, "--side", side, "--checkpoint", str(checkpoint), "--device", args.device,
@@ -248,16 +258,18 @@ def main() -> None:
             memory[side] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         speed, same, breakdown = timings(checkpoint, args)
     ours, ref = speed["ours"], speed["transformers"]
-    print(f"{params / 1e6:.1f}M parameters, {args.frames} frames x 729 tokens, {args.new_tokens} new tokens, "
-          f"{args.device} {args.dtype}, median of {args.repeats} alternated runs; same tokens: {same}\n")
+    print(f"{args.frames} frames x 729 tokens, {args.new_tokens} new tokens (greedy), {args.device} {args.dtype}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats} alternated runs; same token ids: {same}\n")
     print("| metric | llava_interleave | transformers | ratio |\n|---|---|---|---|")
-    print(f"| time to first token (s) | {ours['ttft_s']:.3f} | {ref['ttft_s']:.3f} | {ref['ttft_s'] / ours['ttft_s']:.2f}x as fast |")
-    print(f"| decode (tokens/s) | {ours['decode_tok_s']:.1f} | {ref['decode_tok_s']:.1f} | {ours['decode_tok_s'] / ref['decode_tok_s']:.2f}x as fast |")
+    print(f"| time to first token (s, lower is better) | {ours['ttft']:.3f} | {ref['ttft']:.3f} | "
+          f"{ours['ttft'] / ref['ttft']:.2f} (ours/theirs time) |")
+    print(f"| decode (tokens/s, higher is better) | {ours['decode']:.1f} | {ref['decode']:.1f} | "
+          f"{ours['decode'] / ref['decode']:.2f} (ours/theirs throughput) |")
     print(f"| peak memory of one answer over the loaded model (MiB) | {memory['ours']:.0f} | {memory['transformers']:.0f} | "
-          f"{memory['ours'] / max(memory['transformers'], 1e-9):.2f}x |")
-    print("\nWhere our time goes (one answer):\n\n| stage | seconds |\n|---|---|")
+          f"{memory['ours'] / max(memory['transformers'], 1e-9):.2f} (ours/theirs) |")
+    print(f"\nWhere our time goes (one answer, {sum(breakdown.values()):.3f} s in all):\n\n| stage | seconds | share |\n|---|---|---|")
     for stage, seconds in breakdown.items():
-        print(f"| {stage} | {seconds:.3f} |")
+        print(f"| {stage} | {seconds:.3f} | {seconds / sum(breakdown.values()):.0%} |")
 
 
 if __name__ == "__main__":

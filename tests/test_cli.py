@@ -26,7 +26,9 @@ def _generate(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_parser_and_dispatch_table_agree():
     subparsers = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(subparsers.choices) == set(COMMANDS)
+    names = {name for name in subparsers.choices if name != "data"}
+    data = next(a for a in subparsers.choices["data"]._actions if a.dest == "data_command")
+    assert names | {f"data {name}" for name in data.choices} == set(COMMANDS)
 
 
 def test_generate_json_matches_api(capsys, original_checkpoint, image_files):

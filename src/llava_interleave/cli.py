@@ -8,13 +8,16 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import commands
+from . import commands, data_commands
 from .errors import InterleaveError
 
 COMMANDS: dict[str, Callable[[Any], int]] = {
     "generate": commands.generate,
     "chat": commands.chat,
     "convert": commands.convert,
+    "data validate": data_commands.validate,
+    "data stats": data_commands.stats,
+    "data synth": data_commands.synth,
 }
 
 
@@ -53,13 +56,40 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("out", help="output directory")
     conv.add_argument("--to", required=True, choices=["hf", "original"])
     conv.add_argument("--dtype", default=None, choices=sorted(commands.DTYPES))
+    _data_parsers(sub.add_parser("data", help="check, describe and make training data").add_subparsers(dest="data_command", required=True))
     return parser
+
+
+def _data_parsers(sub: Any) -> None:
+    media = argparse.ArgumentParser(add_help=False)
+    media.add_argument("--image-root", default=None, help="folder that relative image paths start from")
+    media.add_argument("--video-root", default=None, help="folder of videos (or frame folders) named by video id")
+    media.add_argument("--video-map", default=None, help="JSON file mapping video ids to paths")
+
+    val = sub.add_parser("validate", parents=[media], help="report broken samples (exit 1 if any)")
+    val.add_argument("path", help="a .json/.jsonl file or a mixture .yaml")
+    val.add_argument("--fix-out", default=None, help="write the good samples here (.json or .jsonl)")
+    val.add_argument("--no-media", action="store_true", help="skip opening media files")
+
+    st = sub.add_parser("stats", parents=[media], help="samples per scenario/task/dataset, images and tokens per sample")
+    st.add_argument("path", help="a .json/.jsonl file or a mixture .yaml")
+    st.add_argument("--model", default=None, help="checkpoint whose tokenizer and layout count tokens per sample")
+    st.add_argument("--template", default="qwen_1_5", choices=["qwen_1_5", "hf"])
+    st.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
+    st.add_argument("--plot", default=None, help="write histograms to this PNG")
+
+    syn = sub.add_parser("synth", help="write procedurally drawn M4-style data and a held-out bench")
+    syn.add_argument("--out", required=True)
+    syn.add_argument("--n", type=int, default=200, help="training samples")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--bench-n", type=int, default=None, help="held-out bench samples (default n // 5)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    name = f"data {args.data_command}" if args.command == "data" else args.command
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[name](args)
     except InterleaveError as err:
         if args.debug or os.environ.get("LLAVA_INTERLEAVE_DEBUG"):
             raise

@@ -1,0 +1,450 @@
+"""Procedurally drawn M4-style training data and a held-out bench whose answers the generator knows.
+
+Why: the whole pipeline (loading, training, evaluation, scoring) should run offline, without downloads,
+and a run should be judged by numbers that mean something. Shapes drawn from a seed have exactly known
+answers, so a model that learns shows a rising bench score and a broken pipeline a flat one.
+
+Six tasks, one `dataset` name each, cover the four scenarios and both question types:
+
+| dataset          | scenario    | question     | what is asked                                     |
+|------------------|-------------|--------------|---------------------------------------------------|
+| SynthSpotDiff    | multi-image | open-ended   | what changed between two images                   |
+| SynthWhichMore   | multi-image | multi-choice | which of 2-4 images holds the most of a shape     |
+| SynthCount       | multi-image | open-ended   | how many of a shape across 2-4 images             |
+| SynthMotion      | video       | multi-choice | which shape moves and in which direction          |
+| SynthScene3D     | multi-view  | open-ended   | how many of a shape in a scene seen in 2-4 views  |
+| SynthDetail      | multi-patch | multi-choice | the colour of the one small triangle in a big image |
+
+Every entry keeps what was drawn under `metadata["facts"]` (shapes as `[kind, colour, x, y, r]`, centre
+and half-size in pixels of that image), so tests and error analysis can re-derive each answer.
+Everything comes from `numpy.random.default_rng`: the same seed gives byte-identical JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+    "orange": (245, 130, 30),
+}
+KINDS = ("circle", "square", "triangle")
+BACKGROUND = (245, 245, 245)
+LETTERS = "ABCDEFGH"
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+BENCH_SEED_OFFSET = 1_000_003  # the bench's own seed stream, far from any train seed a person would pick
+MC_SUFFIX = "Answer with the option's letter from the given choices directly."
+NUMBER_SUFFIX = "Answer with a single number."
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One filled shape: centre (x, y) and half-size r in pixels of the image it is drawn on."""
+
+    kind: str
+    colour: str
+    x: int
+    y: int
+    r: int
+
+    def as_list(self) -> list[Any]:
+        return [self.kind, self.colour, self.x, self.y, self.r]
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.kind}"
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """One generated sample before it is written: pictures in slot order (video: its frames)."""
+
+    dataset: str
+    task: str
+    scenario: str  # "multi-image" | "video" | "multi-view" | "multi-patch"
+    question: str  # the text after the <image> slots, options included for multi-choice
+    answer: str
+    pictures: tuple[Image.Image, ...]
+    choices: tuple[str, ...] | None
+    facts: dict[str, Any]
+    instruction: str
+
+    @property
+    def question_type(self) -> str:
+        return "open-ended" if self.choices is None else "multi-choice"
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """What `write_synthetic` wrote: the two JSON files and the samples per dataset in each."""
+
+    out_dir: Path
+    train_json: Path
+    bench_json: Path
+    train_counts: dict[str, int]
+    bench_counts: dict[str, int]
+    seed: int
+
+    def __str__(self) -> str:
+        lines = [f"wrote {sum(self.train_counts.values())} train samples to {self.train_json}",
+                 f"wrote {sum(self.bench_counts.values())} bench samples to {self.bench_json}"]
+        for name in sorted(set(self.train_counts) | set(self.bench_counts)):
+            lines.append(f"  {name}: train {self.train_counts.get(name, 0)}, bench {self.bench_counts.get(name, 0)}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def draw_shapes(size: tuple[int, int], shapes: Sequence[Shape]) -> Image.Image:
+    """An RGB picture of the shapes on a flat background, later shapes on top."""
+    image = Image.new("RGB", size, BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for s in shapes:
+        box = (s.x - s.r, s.y - s.r, s.x + s.r, s.y + s.r)
+        fill = COLOURS[s.colour]
+        if s.kind == "circle":
+            draw.ellipse(box, fill=fill)
+        elif s.kind == "square":
+            draw.rectangle(box, fill=fill)
+        else:  # an upward triangle; its centre (x, y) lies inside it
+            draw.polygon([(s.x, s.y - s.r), (s.x - s.r, s.y + s.r), (s.x + s.r, s.y + s.r)], fill=fill)
+    return image
+
+
+def _cells(rng: np.random.Generator, width: int, height: int, cell: int, count: int) -> list[tuple[int, int]]:
+    """Centres of `count` distinct grid cells: shapes that stay inside their cell never overlap, so no
+    collision test is needed."""
+    cols, rows = width // cell, height // cell
+    if count > cols * rows:
+        raise ValueError(f"{count} shapes do not fit a {cols}x{rows} grid")
+    left, top = (width - cols * cell) // 2, (height - rows * cell) // 2
+    picks = rng.choice(cols * rows, size=count, replace=False)
+    return [(left + int(p % cols) * cell + cell // 2, top + int(p // cols) * cell + cell // 2) for p in picks]
+
+
+def _place(rng: np.random.Generator, specs: Sequence[tuple[str, str]], centres: Sequence[tuple[int, int]],
+           cell: int, radius: tuple[int, int]) -> list[Shape]:
+    """Shapes of the given (kind, colour) at the cell centres, each with a random size and a jitter that
+    keeps it inside its cell."""
+    shapes = []
+    for (kind, colour), (cx, cy) in zip(specs, centres):
+        r = int(rng.integers(radius[0], radius[1] + 1))
+        room = max(cell // 2 - r - 1, 0)
+        dx, dy = (int(v) for v in rng.integers(-room, room + 1, size=2))
+        shapes.append(Shape(kind, colour, cx + dx, cy + dy, r))
+    return shapes
+
+
+def _radius(cell: int) -> tuple[int, int]:
+    return max(2, round(cell * 0.28)), max(3, round(cell * 0.42))
+
+
+def _distinct_specs(rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
+    """`count` different (kind, colour) pairs, so "the red circle" names one shape."""
+    pairs = [(k, c) for k in KINDS for c in COLOURS]
+    return [pairs[i] for i in rng.choice(len(pairs), size=count, replace=False)]
+
+
+def _colour(rng: np.random.Generator, exclude: Sequence[str] = ()) -> str:
+    options = [c for c in COLOURS if c not in exclude]
+    return options[int(rng.integers(len(options)))]
+
+
+def _multi_choice(rng: np.random.Generator, question: str, correct: str, distractors: Sequence[str]) -> tuple[str, tuple[str, ...], str]:
+    """The question with shuffled options lettered (A), (B), ..., the options in shown order, and the
+    letter of the correct one; shuffling with the seed keeps the letters balanced."""
+    options = [correct, *distractors]
+    shown = tuple(options[int(i)] for i in rng.permutation(len(options)))
+    lines = [question, *(f"({LETTERS[i]}) {text}" for i, text in enumerate(shown)), MC_SUFFIX]
+    return "\n".join(lines), shown, LETTERS[shown.index(correct)]
+
+
+def _plural(kind: str) -> str:
+    return kind + "s"
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def spot_difference(rng: np.random.Generator, size: int) -> Drawn:
+    """Two images, the second with one shape added, removed or recoloured."""
+    cell = size // 4
+    count = int(rng.integers(3, 7))
+    specs = _distinct_specs(rng, count + 1)
+    placed = _place(rng, specs, _cells(rng, size, size, cell, count + 1), cell, _radius(cell))
+    first, extra = placed[:count], placed[count]
+    change = ("added", "removed", "recoloured")[int(rng.integers(3))]
+    index = int(rng.integers(count))
+    target = first[index]
+    taken = [s.colour for s in first if s.kind == target.kind]
+    if change == "recoloured" and len(taken) == len(COLOURS):  # no free colour for this kind
+        change = "removed"
+    if change == "added":
+        second, answer = [*first, extra], f"A {extra.name} was added in the second image."
+        target = extra
+    elif change == "removed":
+        second, answer = first[:index] + first[index + 1:], f"The {target.name} was removed in the second image."
+    else:
+        new = Shape(target.kind, _colour(rng, taken), target.x, target.y, target.r)
+        second = [*first[:index], new, *first[index + 1:]]
+        answer = f"The {target.name} turned {new.colour} in the second image."
+        extra = new
+    facts = {"change": change, "kind": target.kind, "colour": target.colour, "new_colour": extra.colour if change == "recoloured" else None,
+             "shapes": [[s.as_list() for s in first], [s.as_list() for s in second]]}
+    question = "What is the difference between the two images? Answer in one sentence."
+    pictures = (draw_shapes((size, size), first), draw_shapes((size, size), second))
+    return Drawn("SynthSpotDiff", "spot_the_difference", "multi-image", question, answer, pictures, None, facts,
+                 "Find the one change between the first and the second image.")
+
+
+def _images_with(rng: np.random.Generator, size: int, kind: str, counts: Sequence[int]) -> list[list[Shape]]:
+    """One shape list per image: `counts[i]` shapes of `kind` plus 0-3 of other kinds, random colours."""
+    cell, others = size // 4, [k for k in KINDS if k != kind]
+    images = []
+    for count in counts:
+        extra = int(rng.integers(0, 4))
+        specs = [(kind, _colour(rng)) for _ in range(count)]
+        specs += [(others[int(rng.integers(len(others)))], _colour(rng)) for _ in range(extra)]
+        images.append(_place(rng, specs, _cells(rng, size, size, cell, len(specs)), cell, _radius(cell)))
+    return images
+
+
+def which_has_more(rng: np.random.Generator, size: int) -> Drawn:
+    """2-4 images with different numbers of one kind; which holds the most (multi-choice)."""
+    k, kind = int(rng.integers(2, 5)), KINDS[int(rng.integers(3))]
+    counts = [int(c) for c in rng.choice(6, size=k, replace=False)]
+    images = _images_with(rng, size, kind, counts)
+    best = counts.index(max(counts))
+    labels = [f"Image {i + 1}" for i in range(k)]
+    question, shown, letter = _multi_choice(
+        rng, f"Which image has the most {_plural(kind)}?", labels[best], labels[:best] + labels[best + 1:])
+    facts = {"kind": kind, "counts": counts, "shapes": [[s.as_list() for s in shapes] for shapes in images]}
+    pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
+    return Drawn("SynthWhichMore", "which_has_more", "multi-image", question, letter, pictures, shown, facts,
+                 "Compare the images and pick the one with the most shapes of the given kind.")
+
+
+def count_across(rng: np.random.Generator, size: int) -> Drawn:
+    """A sequence of 2-4 images; how many of one kind they hold together (open-ended number)."""
+    k, kind = int(rng.integers(2, 5)), KINDS[int(rng.integers(3))]
+    counts = [int(c) for c in rng.integers(0, 4, size=k)]
+    images = _images_with(rng, size, kind, counts)
+    question = f"How many {_plural(kind)} are there in all {k} images together? {NUMBER_SUFFIX}"
+    facts = {"kind": kind, "counts": counts, "shapes": [[s.as_list() for s in shapes] for shapes in images]}
+    pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
+    return Drawn("SynthCount", "count_across_images", "multi-image", question, str(sum(counts)), pictures, None,
+                 facts, "Count the shapes of the given kind over the whole image sequence.")
+
+
+def _motion_path(rng: np.random.Generator, size: int, r: int, direction: str, frames: int) -> list[tuple[int, int]]:
+    """Centres of the moving shape, one per frame, travelling 35-50% of the frame in a straight line."""
+    (ux, uy), margin = DIRECTIONS[direction], r + 3
+    distance = int(rng.integers(int(size * 0.35), int(size * 0.5) + 1))
+    start = int(rng.integers(margin, size - margin - distance + 1))
+    if ux + uy < 0:
+        start += distance
+    across = int(rng.integers(margin, size - margin + 1))
+    steps = [start + (ux + uy) * round(distance * f / (frames - 1)) for f in range(frames)]
+    return [(s, across) if ux else (across, s) for s in steps]
+
+
+def motion(rng: np.random.Generator, size: int) -> Drawn:
+    """A short clip in which one shape moves left, right, up or down past 1-2 still ones (multi-choice)."""
+    cell, frames = size // 4, int(rng.integers(8, 13))
+    direction = tuple(DIRECTIONS)[int(rng.integers(4))]
+    n_still = int(rng.integers(1, 3))
+    colours = [str(c) for c in rng.choice(list(COLOURS), size=n_still + 1, replace=False)]
+    kinds = [KINDS[int(i)] for i in rng.integers(3, size=n_still + 1)]
+    r = _radius(cell)[1]
+    path = _motion_path(rng, size, r, direction, frames)
+    axis = 1 if DIRECTIONS[direction][0] else 0  # the coordinate that stays fixed along the path
+    free = [c for c in _cells(rng, size, size, cell, (size // cell) ** 2) if abs(c[axis] - path[0][axis]) > cell]
+    still = _place(rng, list(zip(kinds[1:], colours[1:])), free[:n_still], cell, _radius(cell))
+    mover = Shape(kinds[0], colours[0], path[0][0], path[0][1], r)
+    pictures = tuple(draw_shapes((size, size), [*still, Shape(mover.kind, mover.colour, x, y, r)]) for x, y in path)
+    others = [d for d in DIRECTIONS if d != direction]
+    wrong = [others[int(i)] for i in rng.choice(3, size=2, replace=False)]
+    distractors = [f"The {mover.name} moves {d}." for d in wrong] + [f"The {still[0].name} moves {direction}."]
+    question, shown, letter = _multi_choice(
+        rng, "Which shape moves in the video, and in which direction?", f"The {mover.name} moves {direction}.", distractors)
+    facts = {"direction": direction, "mover": mover.as_list(), "path": [list(p) for p in path],
+             "still": [s.as_list() for s in still]}
+    return Drawn("SynthMotion", "motion_direction", "video", question, letter, pictures, shown, facts,
+                 "Watch the video and tell which shape moves and where to.")
+
+
+def multi_view(rng: np.random.Generator, size: int) -> Drawn:
+    """One scene wider than a view, seen by 2-4 views panned across it; neighbouring views overlap by at
+    least a quarter view, so each object is whole in some view and several show the same object."""
+    cell, k, kind = size // 4, int(rng.integers(2, 5)), KINDS[int(rng.integers(3))]
+    width = size * 7 // 4
+    count, extra = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+    others = [x for x in KINDS if x != kind]
+    specs = [(kind, _colour(rng)) for _ in range(count)]
+    specs += [(others[int(rng.integers(2))], _colour(rng)) for _ in range(extra)]
+    low, high = _radius(cell)
+    cap = (2 * size - width - 1) // 2  # an object 2r+1 wide fits in the overlap of neighbouring views
+    objects = _place(rng, specs, _cells(rng, width, size, cell, len(specs)), cell, (min(low, cap), min(high, cap)))
+    world = draw_shapes((width, size), objects)
+    offsets = [int(o) for o in np.linspace(0, width - size, k).round()]
+    pictures = tuple(world.crop((o, 0, o + size, size)) for o in offsets)
+    views = [[Shape(s.kind, s.colour, s.x - o, s.y, s.r).as_list() for s in objects if o <= s.x - s.r and s.x + s.r < o + size]
+             for o in offsets]
+    question = (f"The {k} images are views of one scene from different positions; an object can appear in several "
+                f"views. How many {_plural(kind)} are in the scene? {NUMBER_SUFFIX}")
+    facts = {"kind": kind, "count": count, "offsets": offsets, "objects": [s.as_list() for s in objects], "shapes": views}
+    return Drawn("SynthScene3D", "multi_view_count", "multi-view", question, str(count), pictures, None, facts,
+                 "Combine the views of the scene and count the objects of the given kind once each.")
+
+
+def small_detail(rng: np.random.Generator, size: int) -> Drawn:
+    """One large image (3x by 2x the base size) full of small circles and squares and exactly one small
+    triangle; its colour is only legible at full resolution, which is what multi-patch input is for."""
+    cell, width, height = max(size // 6, 8), size * 3, size * 2
+    count = int(rng.integers(18, 31))
+    specs = [(("circle", "square")[int(rng.integers(2))], _colour(rng)) for _ in range(count)]
+    colour = _colour(rng)
+    low, high = max(2, cell // 5), max(3, cell // 3)
+    shapes = _place(rng, [("triangle", colour), *specs], _cells(rng, width, height, cell, count + 1), cell, (low, high))
+    wrong = [str(c) for c in rng.choice([c for c in COLOURS if c != colour], size=3, replace=False)]
+    question, shown, letter = _multi_choice(rng, "What colour is the small triangle?", colour, wrong)
+    facts = {"colour": colour, "triangle": shapes[0].as_list(), "shapes": [[s.as_list() for s in shapes]]}
+    return Drawn("SynthDetail", "small_detail", "multi-patch", question, letter,
+                 (draw_shapes((width, height), shapes),), shown, facts, "Find the small triangle and name its colour.")
+
+
+TASKS: tuple[Callable[[np.random.Generator, int], Drawn], ...] = (
+    spot_difference, which_has_more, count_across, motion, multi_view, small_detail)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def human_text(drawn: Drawn) -> str:
+    """The user turn: one `<image>` per picture (one for a whole video), labelled, then the question."""
+    if drawn.scenario in ("video", "multi-patch"):
+        return f"<image>\n{drawn.question}"
+    label = "View" if drawn.scenario == "multi-view" else "Image"
+    slots = "".join(f"{label} {i + 1}: <image>\n" for i in range(len(drawn.pictures)))
+    return slots + drawn.question
+
+
+def fingerprint(drawn: Drawn) -> str:
+    """What makes two samples the same question: task, text and drawn content (file names aside)."""
+    return json.dumps([drawn.dataset, drawn.question, drawn.facts], sort_keys=True)
+
+
+def _draw_split(rng: np.random.Generator, count: int, size: int, avoid: set[str]) -> list[Drawn]:
+    """`count` samples, tasks taken in turn so every task is equally common; a sample that repeats one in
+    `avoid` (the train split, when drawing the bench) is drawn again."""
+    drawn = []
+    for i in range(count):
+        make = TASKS[i % len(TASKS)]
+        sample = make(rng, size)
+        while fingerprint(sample) in avoid:
+            sample = make(rng, size)
+        drawn.append(sample)
+    return drawn
+
+
+def write_mp4(path: Path, frames: Sequence[Image.Image], fps: int = 8) -> Path:
+    """A small mpeg4/yuv420p clip at a high bit rate, so colours survive the compression."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = (v - v % 2 for v in frames[0].size)  # yuv420p needs even sides
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.bit_rate = 2_000_000
+        for frame in frames:
+            array = np.asarray(frame.convert("RGB"))[:height, :width]
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def _save_pictures(out_dir: Path, stem: str, pictures: Sequence[Image.Image]) -> list[str]:
+    """PNG files `{stem}_{k}.png`, returned as paths relative to `out_dir`."""
+    names = []
+    for k, picture in enumerate(pictures):
+        name = f"{stem}_{k}.png"
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        picture.save(out_dir / name, compress_level=1)
+        names.append(name)
+    return names
+
+
+def _metadata(drawn: Drawn) -> dict[str, Any]:
+    return {"dataset": drawn.dataset, "task": drawn.task, "scenario": drawn.scenario,
+            "question_type": drawn.question_type, "facts": drawn.facts}
+
+
+def train_entry(drawn: Drawn, out_dir: Path, sample_id: str) -> dict[str, Any]:
+    """An M4-Instruct entry; a video is an mp4 under `videos/`, anything else PNGs under `images/`."""
+    entry: dict[str, Any] = {"id": sample_id}
+    if drawn.scenario == "video":
+        entry["video"] = f"videos/train/{sample_id}.mp4"
+        write_mp4(out_dir / entry["video"], drawn.pictures)
+    else:
+        names = _save_pictures(out_dir, f"images/train/{sample_id}", drawn.pictures)
+        entry["image"] = names[0] if len(names) == 1 else names
+    entry["conversations"] = [{"from": "human", "value": human_text(drawn)}, {"from": "gpt", "value": drawn.answer}]
+    entry["metadata"] = _metadata(drawn)
+    return entry
+
+
+def bench_entry(drawn: Drawn, out_dir: Path, sample_id: str, num_sample: int) -> dict[str, Any]:
+    """A LLaVA-Interleave Bench entry; a video becomes one frame folder (one `<image>`, one path)."""
+    if drawn.scenario == "video":
+        folder = f"videos/bench/{sample_id}"
+        _save_pictures(out_dir, f"{folder}/frame", drawn.pictures)
+        images = [folder]
+    else:
+        images = _save_pictures(out_dir, f"images/bench/{sample_id}", drawn.pictures)
+    metadata = {**_metadata(drawn), "split": "in_domain", "num_sample": num_sample, "task_instruction": drawn.instruction}
+    return {"sample_id": sample_id,
+            "conversations": [{"from": "human", "value": human_text(drawn)}, {"from": "gpt", "value": drawn.answer}],
+            "image": images, "choice_list": list(drawn.choices) if drawn.choices is not None else None,
+            "metadata": metadata}
+
+
+def _dump(path: Path, entries: list[dict[str, Any]]) -> None:
+    path.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_synthetic(out_dir: Path, n: int, seed: int, bench_n: int | None = None, image_size: int = 96) -> SynthSummary:
+    """Write `n` training samples (`train.json`) and `bench_n` held-out bench samples (`bench.json`,
+    default `max(n // 5, 8)`) with their media under `out_dir`. The bench has its own seed stream
+    (`seed + 1_000_003`) and never repeats a training question. Tasks take turns, so each appears
+    once `n >= 6`."""
+    if n < 0 or (bench_n is not None and bench_n < 0):
+        raise ValueError(f"sample counts must not be negative, got n={n}, bench_n={bench_n}")
+    if image_size < 48:
+        raise ValueError(f"image_size must be at least 48 pixels, got {image_size}")
+    bench_n = max(n // 5, 8) if bench_n is None else bench_n
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = _draw_split(np.random.default_rng(seed), n, image_size, set())
+    bench = _draw_split(np.random.default_rng(seed + BENCH_SEED_OFFSET), bench_n, image_size,
+                        {fingerprint(d) for d in train})
+    train_entries = [train_entry(d, out_dir, f"synth-s{seed}-train-{i:06d}") for i, d in enumerate(train)]
+    per_dataset = Counter(d.dataset for d in bench)
+    bench_entries = [bench_entry(d, out_dir, f"synth-s{seed}-bench-{i:06d}", per_dataset[d.dataset])
+                     for i, d in enumerate(bench)]
+    _dump(out_dir / "train.json", train_entries)
+    _dump(out_dir / "bench.json", bench_entries)
+    return SynthSummary(out_dir, out_dir / "train.json", out_dir / "bench.json",
+                        dict(sorted(Counter(d.dataset for d in train).items())), dict(sorted(per_dataset.items())), seed)
