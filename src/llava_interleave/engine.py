@@ -50,13 +50,14 @@ class Engine:
         visuals = [v for p in prompts for v in p.visuals]
         logits = model(ids, visuals, mask if padded else None, positions, cache, logits_to_keep=1).logits[:, -1]
         generator = self._generator(sampling.seed, device)
-        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-        stops = torch.tensor(sampling.stop_token_ids or [-1], device=device)
+        done = [False] * len(prompts)
+        stops = set(sampling.stop_token_ids)
         for _ in range(sampling.max_new_tokens):
             token = self._pick(logits, sampling, generator)  # (B,)
-            yield [None if d else int(t) for t, d in zip(token.tolist(), done.tolist())]
-            done |= torch.isin(token, stops)
-            if bool(done.all()):
+            values = token.tolist()  # the step's one device-to-host sync
+            yield [None if d else t for t, d in zip(values, done)]
+            done = [d or t in stops for t, d in zip(values, done)]
+            if all(done):
                 return
             positions = positions[:, -1:] + 1
             if padded:
