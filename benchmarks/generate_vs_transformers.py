@@ -11,7 +11,8 @@ hits both alike):
   * decode tokens/s: the remaining N-1 tokens over their time;
   * whether both sides produce the same token ids;
   * peak memory of one answer over the loaded model, each side alone in a child process
-    (CUDA: max_memory_allocated; CPU: peak RSS growth, ru_maxrss plus 2 ms /proc sampling);
+    (CUDA: max_memory_allocated; CPU: peak RSS growth, ru_maxrss plus 2 ms /proc sampling, with glibc's
+    MALLOC_MMAP_THRESHOLD_ fixed so that freed tensors leave the RSS);
   * where our time goes: preprocessing, vision tower + projector, LM prefill, decode (explicit timers).
 
     python benchmarks/generate_vs_transformers.py [--device cpu|cuda] [--frames 16] [--new-tokens 32] \
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -128,6 +131,10 @@ class Ours:
 class Reference:
     def __init__(self, path: Path, device: str, dtype: torch.dtype) -> None:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()  # the eos_token_id=-1 warning, on every generate()
+        logging.disable_progress_bar()
 
         try:  # transformers >= 5: the PIL backend resizes exactly as ours does (see tests/test_parity.py)
             from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil as Pil
@@ -177,7 +184,7 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def cpu_peak_growth(work: callable) -> float:  # type: ignore[valid-type]
+def cpu_peak_growth(work: Callable[[], object]) -> float:
     """Peak RSS while `work` runs minus the RSS before it, in MiB: ru_maxrss when the run raised it (exact),
     else a 2 ms sampler (ru_maxrss may still hold a higher transient peak from model loading)."""
     base, maxrss_before, peak, running = rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, [0.0], [True]
@@ -252,10 +259,14 @@ def main() -> None:
         params = sum(p.numel() for p in load_model(checkpoint, "cpu")[0].parameters())
         print(f"checkpoint: {params / 1e6:.1f}M parameters", flush=True)
         memory = {}
+        # A fixed mmap threshold makes glibc hand every large freed block straight back to the OS, so RSS
+        # follows live tensors; with its default (adaptive) threshold, RSS keeps freed heap and swings by 100s of MiB.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         for side in ("ours", "transformers"):
             cmd = [sys.executable, __file__, "--side", side, "--checkpoint", str(checkpoint), "--device", args.device,
                    "--dtype", args.dtype, "--frames", str(args.frames), "--new-tokens", str(args.new_tokens)]
-            memory[side] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            child = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+            memory[side] = json.loads(child.stdout.splitlines()[-1])
         speed, same, breakdown = timings(checkpoint, args)
     ours, ref = speed["ours"], speed["transformers"]
     print(f"{args.frames} frames x 729 tokens, {args.new_tokens} new tokens (greedy), {args.device} {args.dtype}, "

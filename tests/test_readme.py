@@ -22,10 +22,12 @@ def _cli_lines() -> list[str]:
     return [line for block in _blocks("bash") for line in block.splitlines() if line.startswith("llava-interleave ")]
 
 
-@pytest.fixture()
-def workdir(tmp_path) -> Path:
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
-    return tmp_path
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """One folder for all examples, in README order: later lines use what earlier ones wrote."""
+    path = tmp_path_factory.mktemp("readme")
+    (path / "examples").symlink_to(ROOT / "examples")
+    return path
 
 
 def _env(model: Path) -> dict[str, str]:

@@ -1,23 +1,19 @@
 """Procedurally drawn M4-style training data and a held-out bench whose answers the generator knows.
 
-Why: the whole pipeline (loading, training, evaluation, scoring) should run offline, without downloads,
-and a run should be judged by numbers that mean something. Shapes drawn from a seed have exactly known
-answers, so a model that learns shows a rising bench score and a broken pipeline a flat one.
+Why: the whole pipeline (loading, training, evaluation, scoring) should run offline and be judged by numbers
+that mean something. Shapes drawn from a seed have exactly known answers: a model that learns shows a rising
+bench score, a broken pipeline a flat one.
 
 Six tasks, one `dataset` name each, cover the four scenarios and both question types:
+  SynthSpotDiff   multi-image  open-ended    what changed between two images
+  SynthWhichMore  multi-image  multi-choice  which of 2-4 images holds the most of a shape
+  SynthCount      multi-image  open-ended    how many of a shape across 2-4 images
+  SynthMotion     video        multi-choice  which shape moves, and in which direction
+  SynthScene3D    multi-view   open-ended    how many of a shape in one scene seen in 2-4 views
+  SynthDetail     multi-patch  multi-choice  the colour of the one small triangle in a large image
 
-| dataset          | scenario    | question     | what is asked                                     |
-|------------------|-------------|--------------|---------------------------------------------------|
-| SynthSpotDiff    | multi-image | open-ended   | what changed between two images                   |
-| SynthWhichMore   | multi-image | multi-choice | which of 2-4 images holds the most of a shape     |
-| SynthCount       | multi-image | open-ended   | how many of a shape across 2-4 images             |
-| SynthMotion      | video       | multi-choice | which shape moves and in which direction          |
-| SynthScene3D     | multi-view  | open-ended   | how many of a shape in a scene seen in 2-4 views  |
-| SynthDetail      | multi-patch | multi-choice | the colour of the one small triangle in a big image |
-
-Every entry keeps what was drawn under `metadata["facts"]` (shapes as `[kind, colour, x, y, r]`, centre
-and half-size in pixels of that image), so tests and error analysis can re-derive each answer.
-Everything comes from `numpy.random.default_rng`: the same seed gives byte-identical JSON.
+Every entry keeps what was drawn under `metadata["facts"]` (shapes as `[kind, colour, x, y, r]`: centre and
+half-size in pixels of that image) to re-derive answers from. The same seed gives byte-identical JSON.
 """
 
 from __future__ import annotations
@@ -27,20 +23,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import av
 import numpy as np
 from PIL import Image, ImageDraw
 
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 200, 30),
-    "purple": (140, 60, 180),
-    "orange": (245, 130, 30),
-}
+COLOURS: dict[str, tuple[int, int, int]] = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
+                                           "yellow": (235, 200, 30), "purple": (140, 60, 180), "orange": (245, 130, 30)}
 KINDS = ("circle", "square", "triangle")
 BACKGROUND = (245, 245, 245)
 LETTERS = "ABCDEFGH"
@@ -50,18 +40,15 @@ MC_SUFFIX = "Answer with the option's letter from the given choices directly."
 NUMBER_SUFFIX = "Answer with a single number."
 
 
-@dataclass(frozen=True)
-class Shape:
-    """One filled shape: centre (x, y) and half-size r in pixels of the image it is drawn on."""
+class Shape(NamedTuple):
+    """One filled shape: centre (x, y) and half-size r in pixels of the image it is drawn on; a tuple so
+    that it goes into the JSON facts as the list `[kind, colour, x, y, r]`."""
 
     kind: str
     colour: str
     x: int
     y: int
     r: int
-
-    def as_list(self) -> list[Any]:
-        return [self.kind, self.colour, self.x, self.y, self.r]
 
     @property
     def name(self) -> str:
@@ -99,14 +86,10 @@ class SynthSummary:
     seed: int
 
     def __str__(self) -> str:
-        lines = [f"wrote {sum(self.train_counts.values())} train samples to {self.train_json}",
-                 f"wrote {sum(self.bench_counts.values())} bench samples to {self.bench_json}"]
-        for name in sorted(set(self.train_counts) | set(self.bench_counts)):
-            lines.append(f"  {name}: train {self.train_counts.get(name, 0)}, bench {self.bench_counts.get(name, 0)}")
-        return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- drawing
+        rows = [f"  {name}: train {self.train_counts.get(name, 0)}, bench {self.bench_counts.get(name, 0)}"
+                for name in sorted(set(self.train_counts) | set(self.bench_counts))]
+        return "\n".join([f"wrote {self.train_json} ({sum(self.train_counts.values())} samples) and "
+                          f"{self.bench_json} ({sum(self.bench_counts.values())} samples)", *rows])
 
 
 def draw_shapes(size: tuple[int, int], shapes: Sequence[Shape]) -> Image.Image:
@@ -114,8 +97,7 @@ def draw_shapes(size: tuple[int, int], shapes: Sequence[Shape]) -> Image.Image:
     image = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(image)
     for s in shapes:
-        box = (s.x - s.r, s.y - s.r, s.x + s.r, s.y + s.r)
-        fill = COLOURS[s.colour]
+        box, fill = (s.x - s.r, s.y - s.r, s.x + s.r, s.y + s.r), COLOURS[s.colour]
         if s.kind == "circle":
             draw.ellipse(box, fill=fill)
         elif s.kind == "square":
@@ -164,47 +146,37 @@ def _colour(rng: np.random.Generator, exclude: Sequence[str] = ()) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _multi_choice(rng: np.random.Generator, question: str, correct: str, distractors: Sequence[str]) -> tuple[str, tuple[str, ...], str]:
+def _multi_choice(rng: np.random.Generator, question: str, correct: str,
+                  distractors: Sequence[str]) -> tuple[str, tuple[str, ...], str]:
     """The question with shuffled options lettered (A), (B), ..., the options in shown order, and the
     letter of the correct one; shuffling with the seed keeps the letters balanced."""
     options = [correct, *distractors]
     shown = tuple(options[int(i)] for i in rng.permutation(len(options)))
-    lines = [question, *(f"({LETTERS[i]}) {text}" for i, text in enumerate(shown)), MC_SUFFIX]
-    return "\n".join(lines), shown, LETTERS[shown.index(correct)]
-
-
-def _plural(kind: str) -> str:
-    return kind + "s"
-
-
-# ---------------------------------------------------------------- tasks
+    text = "\n".join([question, *(f"({LETTERS[i]}) {option}" for i, option in enumerate(shown)), MC_SUFFIX])
+    return text, shown, LETTERS[shown.index(correct)]
 
 
 def spot_difference(rng: np.random.Generator, size: int) -> Drawn:
     """Two images, the second with one shape added, removed or recoloured."""
-    cell = size // 4
-    count = int(rng.integers(3, 7))
+    cell, count = size // 4, int(rng.integers(3, 7))
     specs = _distinct_specs(rng, count + 1)
     placed = _place(rng, specs, _cells(rng, size, size, cell, count + 1), cell, _radius(cell))
     first, extra = placed[:count], placed[count]
-    change = ("added", "removed", "recoloured")[int(rng.integers(3))]
-    index = int(rng.integers(count))
+    change, index = ("added", "removed", "recoloured")[int(rng.integers(3))], int(rng.integers(count))
     target = first[index]
     taken = [s.colour for s in first if s.kind == target.kind]
     if change == "recoloured" and len(taken) == len(COLOURS):  # no free colour for this kind
         change = "removed"
     if change == "added":
-        second, answer = [*first, extra], f"A {extra.name} was added in the second image."
-        target = extra
+        second, answer, target = [*first, extra], f"A {extra.name} was added in the second image.", extra
     elif change == "removed":
         second, answer = first[:index] + first[index + 1:], f"The {target.name} was removed in the second image."
     else:
         new = Shape(target.kind, _colour(rng, taken), target.x, target.y, target.r)
         second = [*first[:index], new, *first[index + 1:]]
-        answer = f"The {target.name} turned {new.colour} in the second image."
-        extra = new
-    facts = {"change": change, "kind": target.kind, "colour": target.colour, "new_colour": extra.colour if change == "recoloured" else None,
-             "shapes": [[s.as_list() for s in first], [s.as_list() for s in second]]}
+        answer, extra = f"The {target.name} turned {new.colour} in the second image.", new
+    facts = {"change": change, "kind": target.kind, "colour": target.colour,
+             "new_colour": extra.colour if change == "recoloured" else None, "shapes": [first, second]}
     question = "What is the difference between the two images? Answer in one sentence."
     pictures = (draw_shapes((size, size), first), draw_shapes((size, size), second))
     return Drawn("SynthSpotDiff", "spot_the_difference", "multi-image", question, answer, pictures, None, facts,
@@ -216,9 +188,8 @@ def _images_with(rng: np.random.Generator, size: int, kind: str, counts: Sequenc
     cell, others = size // 4, [k for k in KINDS if k != kind]
     images = []
     for count in counts:
-        extra = int(rng.integers(0, 4))
         specs = [(kind, _colour(rng)) for _ in range(count)]
-        specs += [(others[int(rng.integers(len(others)))], _colour(rng)) for _ in range(extra)]
+        specs += [(others[int(rng.integers(2))], _colour(rng)) for _ in range(int(rng.integers(0, 4)))]
         images.append(_place(rng, specs, _cells(rng, size, size, cell, len(specs)), cell, _radius(cell)))
     return images
 
@@ -228,11 +199,10 @@ def which_has_more(rng: np.random.Generator, size: int) -> Drawn:
     k, kind = int(rng.integers(2, 5)), KINDS[int(rng.integers(3))]
     counts = [int(c) for c in rng.choice(6, size=k, replace=False)]
     images = _images_with(rng, size, kind, counts)
-    best = counts.index(max(counts))
-    labels = [f"Image {i + 1}" for i in range(k)]
+    best, labels = counts.index(max(counts)), [f"Image {i + 1}" for i in range(k)]
     question, shown, letter = _multi_choice(
-        rng, f"Which image has the most {_plural(kind)}?", labels[best], labels[:best] + labels[best + 1:])
-    facts = {"kind": kind, "counts": counts, "shapes": [[s.as_list() for s in shapes] for shapes in images]}
+        rng, f"Which image has the most {kind}s?", labels[best], labels[:best] + labels[best + 1:])
+    facts = {"kind": kind, "counts": counts, "shapes": images}
     pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
     return Drawn("SynthWhichMore", "which_has_more", "multi-image", question, letter, pictures, shown, facts,
                  "Compare the images and pick the one with the most shapes of the given kind.")
@@ -243,8 +213,8 @@ def count_across(rng: np.random.Generator, size: int) -> Drawn:
     k, kind = int(rng.integers(2, 5)), KINDS[int(rng.integers(3))]
     counts = [int(c) for c in rng.integers(0, 4, size=k)]
     images = _images_with(rng, size, kind, counts)
-    question = f"How many {_plural(kind)} are there in all {k} images together? {NUMBER_SUFFIX}"
-    facts = {"kind": kind, "counts": counts, "shapes": [[s.as_list() for s in shapes] for shapes in images]}
+    question = f"How many {kind}s are there in all {k} images together? {NUMBER_SUFFIX}"
+    facts = {"kind": kind, "counts": counts, "shapes": images}
     pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
     return Drawn("SynthCount", "count_across_images", "multi-image", question, str(sum(counts)), pictures, None,
                  facts, "Count the shapes of the given kind over the whole image sequence.")
@@ -254,9 +224,7 @@ def _motion_path(rng: np.random.Generator, size: int, r: int, direction: str, fr
     """Centres of the moving shape, one per frame, travelling 35-50% of the frame in a straight line."""
     (ux, uy), margin = DIRECTIONS[direction], r + 3
     distance = int(rng.integers(int(size * 0.35), int(size * 0.5) + 1))
-    start = int(rng.integers(margin, size - margin - distance + 1))
-    if ux + uy < 0:
-        start += distance
+    start = int(rng.integers(margin, size - margin - distance + 1)) + (distance if ux + uy < 0 else 0)
     across = int(rng.integers(margin, size - margin + 1))
     steps = [start + (ux + uy) * round(distance * f / (frames - 1)) for f in range(frames)]
     return [(s, across) if ux else (across, s) for s in steps]
@@ -266,10 +234,9 @@ def motion(rng: np.random.Generator, size: int) -> Drawn:
     """A short clip in which one shape moves left, right, up or down past 1-2 still ones (multi-choice)."""
     cell, frames = size // 4, int(rng.integers(8, 13))
     direction = tuple(DIRECTIONS)[int(rng.integers(4))]
-    n_still = int(rng.integers(1, 3))
+    n_still, r = int(rng.integers(1, 3)), _radius(cell)[1]
     colours = [str(c) for c in rng.choice(list(COLOURS), size=n_still + 1, replace=False)]
     kinds = [KINDS[int(i)] for i in rng.integers(3, size=n_still + 1)]
-    r = _radius(cell)[1]
     path = _motion_path(rng, size, r, direction, frames)
     axis = 1 if DIRECTIONS[direction][0] else 0  # the coordinate that stays fixed along the path
     free = [c for c in _cells(rng, size, size, cell, (size // cell) ** 2) if abs(c[axis] - path[0][axis]) > cell]
@@ -281,8 +248,7 @@ def motion(rng: np.random.Generator, size: int) -> Drawn:
     distractors = [f"The {mover.name} moves {d}." for d in wrong] + [f"The {still[0].name} moves {direction}."]
     question, shown, letter = _multi_choice(
         rng, "Which shape moves in the video, and in which direction?", f"The {mover.name} moves {direction}.", distractors)
-    facts = {"direction": direction, "mover": mover.as_list(), "path": [list(p) for p in path],
-             "still": [s.as_list() for s in still]}
+    facts = {"direction": direction, "mover": mover, "path": [list(p) for p in path], "still": still}
     return Drawn("SynthMotion", "motion_direction", "video", question, letter, pictures, shown, facts,
                  "Watch the video and tell which shape moves and where to.")
 
@@ -290,23 +256,21 @@ def motion(rng: np.random.Generator, size: int) -> Drawn:
 def multi_view(rng: np.random.Generator, size: int) -> Drawn:
     """One scene wider than a view, seen by 2-4 views panned across it; neighbouring views overlap by at
     least a quarter view, so each object is whole in some view and several show the same object."""
-    cell, k, kind = size // 4, int(rng.integers(2, 5)), KINDS[int(rng.integers(3))]
-    width = size * 7 // 4
-    count, extra = int(rng.integers(1, 5)), int(rng.integers(1, 5))
-    others = [x for x in KINDS if x != kind]
+    cell, k, kind, width = size // 4, int(rng.integers(2, 5)), KINDS[int(rng.integers(3))], size * 7 // 4
+    count, others = int(rng.integers(1, 5)), [x for x in KINDS if x != kind]
     specs = [(kind, _colour(rng)) for _ in range(count)]
-    specs += [(others[int(rng.integers(2))], _colour(rng)) for _ in range(extra)]
+    specs += [(others[int(rng.integers(2))], _colour(rng)) for _ in range(int(rng.integers(1, 5)))]
     low, high = _radius(cell)
     cap = (2 * size - width - 1) // 2  # an object 2r+1 wide fits in the overlap of neighbouring views
     objects = _place(rng, specs, _cells(rng, width, size, cell, len(specs)), cell, (min(low, cap), min(high, cap)))
     world = draw_shapes((width, size), objects)
     offsets = [int(o) for o in np.linspace(0, width - size, k).round()]
     pictures = tuple(world.crop((o, 0, o + size, size)) for o in offsets)
-    views = [[Shape(s.kind, s.colour, s.x - o, s.y, s.r).as_list() for s in objects if o <= s.x - s.r and s.x + s.r < o + size]
-             for o in offsets]
+    views = [[Shape(s.kind, s.colour, s.x - o, s.y, s.r) for s in objects
+              if o <= s.x - s.r and s.x + s.r < o + size] for o in offsets]  # the objects whole in each view
     question = (f"The {k} images are views of one scene from different positions; an object can appear in several "
-                f"views. How many {_plural(kind)} are in the scene? {NUMBER_SUFFIX}")
-    facts = {"kind": kind, "count": count, "offsets": offsets, "objects": [s.as_list() for s in objects], "shapes": views}
+                f"views. How many {kind}s are in the scene? {NUMBER_SUFFIX}")
+    facts = {"kind": kind, "count": count, "offsets": offsets, "objects": objects, "shapes": views}
     return Drawn("SynthScene3D", "multi_view_count", "multi-view", question, str(count), pictures, None, facts,
                  "Combine the views of the scene and count the objects of the given kind once each.")
 
@@ -315,23 +279,19 @@ def small_detail(rng: np.random.Generator, size: int) -> Drawn:
     """One large image (3x by 2x the base size) full of small circles and squares and exactly one small
     triangle; its colour is only legible at full resolution, which is what multi-patch input is for."""
     cell, width, height = max(size // 6, 8), size * 3, size * 2
-    count = int(rng.integers(18, 31))
+    count, colour = int(rng.integers(18, 31)), _colour(rng)
     specs = [(("circle", "square")[int(rng.integers(2))], _colour(rng)) for _ in range(count)]
-    colour = _colour(rng)
     low, high = max(2, cell // 5), max(3, cell // 3)
     shapes = _place(rng, [("triangle", colour), *specs], _cells(rng, width, height, cell, count + 1), cell, (low, high))
     wrong = [str(c) for c in rng.choice([c for c in COLOURS if c != colour], size=3, replace=False)]
     question, shown, letter = _multi_choice(rng, "What colour is the small triangle?", colour, wrong)
-    facts = {"colour": colour, "triangle": shapes[0].as_list(), "shapes": [[s.as_list() for s in shapes]]}
+    facts = {"colour": colour, "triangle": shapes[0], "shapes": [shapes]}
     return Drawn("SynthDetail", "small_detail", "multi-patch", question, letter,
                  (draw_shapes((width, height), shapes),), shown, facts, "Find the small triangle and name its colour.")
 
 
 TASKS: tuple[Callable[[np.random.Generator, int], Drawn], ...] = (
     spot_difference, which_has_more, count_across, motion, multi_view, small_detail)
-
-
-# ---------------------------------------------------------------- writing
 
 
 def human_text(drawn: Drawn) -> str:
@@ -353,10 +313,9 @@ def _draw_split(rng: np.random.Generator, count: int, size: int, avoid: set[str]
     `avoid` (the train split, when drawing the bench) is drawn again."""
     drawn = []
     for i in range(count):
-        make = TASKS[i % len(TASKS)]
-        sample = make(rng, size)
+        sample = TASKS[i % len(TASKS)](rng, size)
         while fingerprint(sample) in avoid:
-            sample = make(rng, size)
+            sample = TASKS[i % len(TASKS)](rng, size)
         drawn.append(sample)
     return drawn
 
@@ -378,12 +337,10 @@ def write_mp4(path: Path, frames: Sequence[Image.Image], fps: int = 8) -> Path:
 
 def _save_pictures(out_dir: Path, stem: str, pictures: Sequence[Image.Image]) -> list[str]:
     """PNG files `{stem}_{k}.png`, returned as paths relative to `out_dir`."""
-    names = []
-    for k, picture in enumerate(pictures):
-        name = f"{stem}_{k}.png"
-        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / stem).parent.mkdir(parents=True, exist_ok=True)
+    names = [f"{stem}_{k}.png" for k in range(len(pictures))]
+    for name, picture in zip(names, pictures):
         picture.save(out_dir / name, compress_level=1)
-        names.append(name)
     return names
 
 
@@ -409,9 +366,8 @@ def train_entry(drawn: Drawn, out_dir: Path, sample_id: str) -> dict[str, Any]:
 def bench_entry(drawn: Drawn, out_dir: Path, sample_id: str, num_sample: int) -> dict[str, Any]:
     """A LLaVA-Interleave Bench entry; a video becomes one frame folder (one `<image>`, one path)."""
     if drawn.scenario == "video":
-        folder = f"videos/bench/{sample_id}"
-        _save_pictures(out_dir, f"{folder}/frame", drawn.pictures)
-        images = [folder]
+        images = [f"videos/bench/{sample_id}"]
+        _save_pictures(out_dir, f"{images[0]}/frame", drawn.pictures)
     else:
         images = _save_pictures(out_dir, f"images/bench/{sample_id}", drawn.pictures)
     metadata = {**_metadata(drawn), "split": "in_domain", "num_sample": num_sample, "task_instruction": drawn.instruction}
@@ -421,22 +377,15 @@ def bench_entry(drawn: Drawn, out_dir: Path, sample_id: str, num_sample: int) ->
             "metadata": metadata}
 
 
-def _dump(path: Path, entries: list[dict[str, Any]]) -> None:
-    path.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def write_synthetic(out_dir: Path, n: int, seed: int, bench_n: int | None = None, image_size: int = 96) -> SynthSummary:
     """Write `n` training samples (`train.json`) and `bench_n` held-out bench samples (`bench.json`,
     default `max(n // 5, 8)`) with their media under `out_dir`. The bench has its own seed stream
     (`seed + 1_000_003`) and never repeats a training question. Tasks take turns, so each appears
     once `n >= 6`."""
-    if n < 0 or (bench_n is not None and bench_n < 0):
-        raise ValueError(f"sample counts must not be negative, got n={n}, bench_n={bench_n}")
-    if image_size < 48:
-        raise ValueError(f"image_size must be at least 48 pixels, got {image_size}")
+    if n < 0 or (bench_n or 0) < 0 or image_size < 48:
+        raise ValueError(f"need n >= 0, bench_n >= 0, image_size >= 48; got {n}, {bench_n}, {image_size}")
     bench_n = max(n // 5, 8) if bench_n is None else bench_n
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir := Path(out_dir)).mkdir(parents=True, exist_ok=True)
     train = _draw_split(np.random.default_rng(seed), n, image_size, set())
     bench = _draw_split(np.random.default_rng(seed + BENCH_SEED_OFFSET), bench_n, image_size,
                         {fingerprint(d) for d in train})
@@ -444,7 +393,7 @@ def write_synthetic(out_dir: Path, n: int, seed: int, bench_n: int | None = None
     per_dataset = Counter(d.dataset for d in bench)
     bench_entries = [bench_entry(d, out_dir, f"synth-s{seed}-bench-{i:06d}", per_dataset[d.dataset])
                      for i, d in enumerate(bench)]
-    _dump(out_dir / "train.json", train_entries)
-    _dump(out_dir / "bench.json", bench_entries)
+    for path, entries in ((out_dir / "train.json", train_entries), (out_dir / "bench.json", bench_entries)):
+        path.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return SynthSummary(out_dir, out_dir / "train.json", out_dir / "bench.json",
                         dict(sorted(Counter(d.dataset for d in train).items())), dict(sorted(per_dataset.items())), seed)
