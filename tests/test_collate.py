@@ -58,6 +58,15 @@ def test_packing_gives_the_same_per_sample_loss_as_padding(encoded):
     assert _per_sample_loss(pipe, leaky)[1:] != pytest.approx(padded[1:], abs=1e-5)
 
 
+def test_packing_without_a_mask_uses_the_position_ids(encoded):
+    """The flash-attention (variable-length) path: no mask, boundaries read from restarting positions."""
+    pipe, samples = encoded
+    padded = _per_sample_loss(pipe, pad_collate(samples, pipe.config.pad_token_id))
+    batch = pack_collate([samples[:2], samples[2:]], pipe.config.pad_token_id, block_mask=False)
+    assert batch.attention_mask is None
+    assert _per_sample_loss(pipe, batch) == pytest.approx(padded, abs=1e-5)
+
+
 def test_padding_waste_drops_with_packing(encoded):
     pipe, samples = encoded
     padded = pad_collate(samples, pipe.config.pad_token_id)

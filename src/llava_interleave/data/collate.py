@@ -2,15 +2,16 @@
 
 Packing keeps every sample's own positions (0, 1, 2, ... from its first token) and a block-diagonal
 causal mask, so no token attends across a sample boundary: a packed row computes exactly what the
-samples would compute alone, without the padding. The mask is a (B, 1, L, L) boolean for SDPA/eager;
-with flash attention installed and chosen, pass `attention_mask=None` and transformers reads the sample
-boundaries from the position ids (variable-length kernels).
+samples would compute alone, without the padding. Either the collator builds the (B, 1, L, L) boolean
+mask (`block_mask=True`, for SDPA/eager), or it leaves `attention_mask` None and transformers finds the
+sample boundaries from the restarting position ids: with flash attention installed and chosen that is the
+variable-length kernel path, with no L x L mask anywhere.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -22,7 +23,7 @@ from .processor import IGNORE_INDEX
 class Batch:
     input_ids: torch.Tensor  # (B, L)
     labels: torch.Tensor  # (B, L), IGNORE_INDEX where not supervised
-    attention_mask: torch.Tensor  # (B, L) padding mask, or (B, 1, L, L) block-diagonal causal mask when packed
+    attention_mask: torch.Tensor | None  # (B, L) padding mask; packed: (B, 1, L, L) block mask, or None
     position_ids: torch.Tensor  # (B, L), restarting at 0 for every packed sample
     visuals: tuple[VisualInput, ...]  # in slot order, row by row
     segment_ids: torch.Tensor  # (B, L): which sample of the row a token belongs to, -1 for padding
@@ -37,9 +38,12 @@ def pad_collate(samples: Sequence[Encoded], pad_token_id: int) -> Batch:
     return _collate([[s] for s in samples], pad_token_id, packed=False)
 
 
-def pack_collate(rows: Sequence[Sequence[Encoded]], pad_token_id: int) -> Batch:
-    """Several samples per row (as grouped by `pack_greedy`), right-padded to the longest row."""
-    return _collate(rows, pad_token_id, packed=True)
+def pack_collate(rows: Sequence[Sequence[Encoded]], pad_token_id: int, block_mask: bool = True) -> Batch:
+    """Several samples per row (as grouped by `pack_greedy`), right-padded to the longest row.
+
+    block_mask=False leaves the mask to transformers, which derives it from the position ids."""
+    batch = _collate(rows, pad_token_id, packed=True)
+    return batch if block_mask else replace(batch, attention_mask=None)
 
 
 def pack_greedy(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
