@@ -218,8 +218,8 @@ def memory_side(args: argparse.Namespace) -> float:
     return cpu_peak_growth(lambda: side.run(images, args.new_tokens))
 
 
-def timings(checkpoint: Path, args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], bool, dict[str, float]]:
-    """Both sides in this process, runs alternated; medians after a warm-up round."""
+def timings(checkpoint: Path, args: argparse.Namespace) -> tuple[dict[str, list[Result]], dict[str, float]]:
+    """Both sides in this process, runs alternated so machine noise hits both alike; round 0 warms up."""
     sides = {"ours": Ours(checkpoint, args.device, DTYPES[args.dtype]),
              "transformers": Reference(checkpoint, args.device, DTYPES[args.dtype])}
     images = frames(args.frames)
@@ -227,13 +227,9 @@ def timings(checkpoint: Path, args: argparse.Namespace) -> tuple[dict[str, dict[
     for repeat in range(args.repeats + 1):
         for name, side in sides.items():
             result = side.run(images, args.new_tokens)
-            if repeat:  # round 0 warms up
+            if repeat:
                 runs[name].append(result)
-    medians = {name: {"ttft": statistics.median(r[0] for r in results),
-                      "decode": statistics.median((args.new_tokens - 1) / r[1] for r in results)}
-               for name, results in runs.items()}
-    same = all(a[2] == b[2] for a, b in zip(runs["ours"], runs["transformers"]))
-    return medians, same, sides["ours"].breakdown(images, args.new_tokens)
+    return runs, sides["ours"].breakdown(images, args.new_tokens)
 
 
 def main() -> None:
@@ -267,21 +263,27 @@ def main() -> None:
                    "--dtype", args.dtype, "--frames", str(args.frames), "--new-tokens", str(args.new_tokens)]
             child = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
             memory[side] = json.loads(child.stdout.splitlines()[-1])
-        speed, same, breakdown = timings(checkpoint, args)
-    ours, ref = speed["ours"], speed["transformers"]
+        load_before = os.getloadavg()[0]
+        runs, breakdown = timings(checkpoint, args)
+    same = all(a[2] == b[2] for a, b in zip(runs["ours"], runs["transformers"]))
+    ttft = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
+    decode = {name: statistics.median((args.new_tokens - 1) / r[1] for r in rs) for name, rs in runs.items()}
     print(f"{args.frames} frames x 729 tokens, {args.new_tokens} new tokens (greedy), {args.device} {args.dtype}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats} alternated runs; same token ids: {same}\n")
-    print("| metric | llava_interleave | transformers | ratio |\n|---|---|---|---|")
-    print(f"| time to first token (s, lower is better) | {ours['ttft']:.3f} | {ref['ttft']:.3f} | "
-          f"{ours['ttft'] / ref['ttft']:.2f} (ours/theirs time) |")
-    print(f"| decode (tokens/s, higher is better) | {ours['decode']:.1f} | {ref['decode']:.1f} | "
-          f"{ours['decode'] / ref['decode']:.2f} (ours/theirs throughput) |")
+          f"{torch.get_num_threads()} threads, median of {args.repeats} alternated runs; same token ids: {same}")
+    print(f"time to first token of each run: ours {[round(r[0], 3) for r in runs['ours']]}, transformers "
+          f"{[round(r[0], 3) for r in runs['transformers']]}; load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}\n")
+    ours, ref = "llava_interleave", "transformers"
+    print(f"| metric | {ours} | {ref} | ratio |\n|---|---|---|---|")
+    print(f"| time to first token (s, lower is better) | {ttft['ours']:.3f} | {ttft['transformers']:.3f} | "
+          f"{ttft['ours'] / ttft['transformers']:.2f} (ours/theirs time) |")
+    print(f"| decode (tokens/s, higher is better) | {decode['ours']:.1f} | {decode['transformers']:.1f} | "
+          f"{decode['ours'] / decode['transformers']:.2f} (ours/theirs throughput) |")
     print(f"| peak memory of one answer over the loaded model (MiB) | {memory['ours']:.0f} | {memory['transformers']:.0f} | "
           f"{memory['ours'] / max(memory['transformers'], 1e-9):.2f} (ours/theirs) |")
-    print(f"\nWhere our time goes (one answer, {sum(breakdown.values()):.3f} s in all):\n\n| stage | seconds | share |\n|---|---|---|")
+    total = sum(breakdown.values())
+    print(f"\nWhere our time goes (one answer, {total:.3f} s in all):\n\n| stage | seconds | share |\n|---|---|---|")
     for stage, seconds in breakdown.items():
-        print(f"| {stage} | {seconds:.3f} | {seconds / sum(breakdown.values()):.0%} |")
-
+        print(f"| {stage} | {seconds:.3f} | {seconds / total:.0%} |")
 
 if __name__ == "__main__":
     main()

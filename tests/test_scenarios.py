@@ -57,9 +57,7 @@ def test_every_slot_receives_its_own_item(original_checkpoint, image_files, clip
 
 @pytest.mark.parametrize("pooling, per_frame", [("none", 25 + 1), ("average", 4 + 1), ("bilinear", 9 + 1)])
 def test_video_token_counts_with_pooling(odd_grid_checkpoint, clip, pooling, per_frame):
-    pipe = llava_interleave.load(odd_grid_checkpoint, device="cpu")
-    pipe.model.config = pipe.config.with_overrides(video_pooling=pooling)
-    pipe = pipe.with_template("qwen_1_5")
+    pipe = llava_interleave.load(odd_grid_checkpoint, device="cpu").with_processor(video_pooling=pooling)
     encoded = pipe.processor.encode(pipe.sample([{"role": "user", "content": [{"type": "video", "video": clip, "frames": 8}, "What moves?"]}]))
     (visual,) = encoded.visuals
     assert visual.pixel_values.shape[0] == 8 and visual.num_tokens == 8 * per_frame

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .config import InterleaveConfig
 from .data.batch import Encoded
 from .data.media import load_image, load_video
 from .data.processor import Processor
@@ -53,11 +54,16 @@ class Pipeline:
         self.stop_ids = tuple({model.config.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)} - {None})
 
     @property
-    def config(self):  # noqa: ANN201 - InterleaveConfig
+    def config(self) -> InterleaveConfig:
         return self.model.config
 
     def with_template(self, name: str) -> Pipeline:
         return Pipeline(self.model, self.tokenizer, name)
+
+    def with_processor(self, **overrides: Any) -> Pipeline:
+        """The same weights with processor settings changed, e.g. video_pooling="average" or num_frames=8."""
+        self.model.config = self.model.config.with_overrides(**overrides)
+        return Pipeline(self.model, self.tokenizer, self.processor.template.name)
 
     # ------------------------------------------------------------------ building samples
     def sample(self, messages: Sequence[Message]) -> Sample:

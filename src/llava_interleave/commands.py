@@ -18,10 +18,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def _load(model: str, template: str, device: str | None, dtype: str | None, pooling: str | None) -> Pipeline:
     pipe = load(model, template, device, DTYPES[dtype] if dtype else None)
-    if pooling:
-        pipe.model.config = pipe.model.config.with_overrides(video_pooling=pooling)
-        pipe = pipe.with_template(template)
-    return pipe
+    return pipe.with_processor(video_pooling=pooling) if pooling else pipe
 
 
 def _sampling(args: Any) -> dict[str, Any]:

@@ -121,6 +121,8 @@ def load_model(
         net.lm_head.weight = net.language_model.embed_tokens.weight
     net.language_model.rotary_emb = type(net.language_model.rotary_emb)(net.language_model.config)
     net.vision_tower.embeddings.position_ids = torch.arange(config.vision.tokens_per_image).unsqueeze(0)
+    left = [name for name, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+    assert not left, f"tensors left unmaterialised: {left[:3]}"
     return net.to(device=device, dtype=dtype).eval(), load_tokenizer(path)
 
 
