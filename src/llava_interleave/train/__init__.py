@@ -1,0 +1,1 @@
+"""Training utilities: the DPO objective and crash-safe checkpoints."""
