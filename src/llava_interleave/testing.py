@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerFast
 
 from .config import InterleaveConfig, ProcessorConfig, TextConfig, VisionConfig
 from .model.checkpoint import save_checkpoint
+from .model.layouts import ORIGINAL_IMAGE_TOKEN
 from .model.llava import LlavaInterleave
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
@@ -57,7 +58,7 @@ def tiny_config(
         else ProcessorConfig(grid_pinpoints=pinpoints)
     )
     token = tokenizer.convert_tokens_to_ids
-    image_id = token("<image>") if layout == "hf" else -200
+    image_id = token("<image>") if layout == "hf" else ORIGINAL_IMAGE_TOKEN
     return InterleaveConfig(
         vision=vision, text=text, processor=processor, image_token_id=image_id,
         eos_token_id=token("<|im_end|>"), pad_token_id=token("<|endoftext|>"), max_length=text.max_position_embeddings,

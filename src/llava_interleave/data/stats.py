@@ -19,8 +19,8 @@ from PIL import Image
 
 from ..config import InterleaveConfig
 from ..model.arrange import visual_token_count
-from .m4 import MediaResolver, Record, default_modality
-from .sample import Modality, Sample, Text, Turn
+from .m4 import ROLES, MediaResolver, Record, default_modality
+from .sample import IMAGE_SLOT, Modality, Sample, Text, Turn
 from .templates import Template
 
 PERCENTILES = (50, 90, 99)
@@ -71,8 +71,7 @@ class TokenCounter:
         self.tokenizer, self.config, self.template = tokenizer, config, template
 
     def count(self, record: Record, modality: Modality, resolver: MediaResolver | None) -> int:
-        roles = {"human": "user", "gpt": "assistant", "system": "system"}
-        turns = tuple(Turn(roles.get(who, "user"), (Text(text.replace("<image>", "")),)) for who, text in record.turns)  # type: ignore[arg-type]
+        turns = tuple(Turn(ROLES.get(who, "user"), (Text(text.replace(IMAGE_SLOT, "")),)) for who, text in record.turns)
         text = self.template.render_text(Sample(turns), add_generation_prompt=False)
         count = len(self.tokenizer.encode(text, add_special_tokens=False))
         newline = int(self.template.newline_after_image)

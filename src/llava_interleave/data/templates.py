@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PromptError
-from .sample import Sample, Text, Visual
+from .sample import IMAGE_SLOT, Sample, Text, Visual
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 
@@ -63,7 +63,7 @@ class Template:
 
     def render_text(self, sample: Sample, add_generation_prompt: bool = True) -> str:
         """The prompt as a string with one `<image>` per visual (for display and comparisons)."""
-        return "".join("<image>" if p.visual else p.text for p in self.render(sample, add_generation_prompt))
+        return "".join(IMAGE_SLOT if p.visual else p.text for p in self.render(sample, add_generation_prompt))
 
 
 TEMPLATES: dict[str, Template] = {

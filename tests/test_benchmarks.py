@@ -1,0 +1,25 @@
+"""The README's benchmark commands run (smallest settings; the numbers themselves are not judged here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> str:
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_generate_vs_transformers_runs():
+    out = _run("benchmarks/generate_vs_transformers.py", "--device", "cpu", "--frames", "1", "--new-tokens", "3", "--repeats", "1")
+    assert "same token ids: True" in out and "| decode (tokens/s" in out and "| LM prefill" in out
+
+
+def test_data_pipeline_runs():
+    out = _run("benchmarks/data_pipeline.py", "--n", "12", "--repeats", "1", "--batch-size", "4")
+    assert "samples/s" in out and "padding waste, packed" in out
