@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -58,7 +60,7 @@ def test_output_is_frozen():
     x = _t(0.0)
     out = dpo_loss(x, x, x, x)
     assert isinstance(out, DPOOutput)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         out.loss = x  # type: ignore[misc]
 
 

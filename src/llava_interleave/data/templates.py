@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PromptError
-from .sample import IMAGE_SLOT, Sample, Text, Visual
+from .sample import IMAGE_SLOT, Sample, Visual
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 
