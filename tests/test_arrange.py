@@ -45,18 +45,17 @@ def test_arrange_length_equals_count(size, merge):
     crops = 1 + grid[0] * grid[1]
     visual = VisualInput(torch.zeros(crops, 3, 28, 28), Modality.PATCHES, size, grid, count)
     newline = torch.ones(5) if merge == "spatial_unpad" else None
-    out = arrange(torch.randn(crops, 16, 5), visual, newline, 4, proc)
+    out = arrange(torch.randn(crops, 16, 5), visual, newline, 4)
     assert out.shape == (count, 5)
 
 
 def test_anyres_arrangement_order():
     """Un-padded grid rows read left to right across crops, a newline closing each row; base first."""
-    proc = ProcessorConfig(grid_pinpoints=((4, 2),))  # one 2-wide pinpoint: 1 row x 2 crops of 2x2 px
-    size = (4, 2)  # exactly fills the pinpoint: nothing to un-pad
+    size = (4, 2)  # a 1 x 2 grid of 2x2-px crops that the image fills exactly: nothing to un-pad
     features = torch.arange(3 * 1 * 1, dtype=torch.float).view(3, 1, 1).expand(3, 1, 1).clone()
     # grid of 1x1 features per crop: base=0, crop0=1, crop1=2
     visual = VisualInput(torch.zeros(3, 3, 2, 2), Modality.PATCHES, size, (1, 2), 0)
-    out = arrange(features, visual, torch.tensor([-1.0]), 1, proc)
+    out = arrange(features, visual, torch.tensor([-1.0]), 1)
     assert out.flatten().tolist() == [0.0, 1.0, 2.0, -1.0]
 
 
@@ -65,6 +64,6 @@ def test_video_pooling_values():
     grid = 4
     frame = torch.arange(16, dtype=torch.float).view(16, 1)
     features = torch.stack([frame, frame + 100])  # (2 frames, 16, 1)
-    visual = VisualInput(torch.zeros(2, 3, 4, 4), Modality.VIDEO, (4, 4), None, 0)
-    out = arrange(features, visual, torch.tensor([-1.0]), grid, ProcessorConfig(video_pooling="average"))
+    visual = VisualInput(torch.zeros(2, 3, 4, 4), Modality.VIDEO, (4, 4), None, 0, pooling="average")
+    out = arrange(features, visual, torch.tensor([-1.0]), grid)
     assert out.flatten().tolist() == [2.5, 4.5, 10.5, 12.5, -1.0, 102.5, 104.5, 110.5, 112.5, -1.0]

@@ -92,3 +92,14 @@ def test_pad_aspect_pads_with_mean_colour(tokenizer, tmp_path, image_files):
     visual = pipe.processor.encode(pipe.sample([{"role": "user", "content": [{"type": "image", "image": p} for p in (wide, wide)]}])).visuals[0]
     corner = visual.pixel_values[0, :, 0, 0]
     torch.testing.assert_close(corner, torch.full((3,), 127 / 255 / 0.5 - 1.0), atol=0.02, rtol=0)
+
+
+def test_with_processor_leaves_the_original_pipeline_as_it_was(odd_grid_checkpoint, clip):
+    plain = llava_interleave.load(odd_grid_checkpoint, device="cpu")
+    pooled = plain.with_processor(video_pooling="average")
+    messages = [{"role": "user", "content": [{"type": "video", "video": clip, "frames": 4}, "What moves?"]}]
+    assert plain.config.processor.video_pooling == "none" and pooled.config.processor.video_pooling == "average"
+    counts = [p.processor.encode(p.sample(messages)).visuals[0].num_tokens for p in (plain, pooled)]
+    assert counts == [4 * (25 + 1), 4 * (4 + 1)]
+    for pipe in (plain, pooled):  # both run on the one shared model
+        assert len(pipe.generate_samples([pipe.sample(messages)], max_new_tokens=2)[0].token_ids) == 2

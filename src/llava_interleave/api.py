@@ -46,24 +46,28 @@ def video_visual(source: str | os.PathLike, frames: int = 16, fps: float | None 
 
 
 class Pipeline:
-    def __init__(self, model: LlavaInterleave, tokenizer: Any, template: str = "qwen_1_5") -> None:
+    def __init__(
+        self, model: LlavaInterleave, tokenizer: Any, template: str = "qwen_1_5", config: InterleaveConfig | None = None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.processor = Processor(tokenizer, model.config, get_template(template))
+        self.processor = Processor(tokenizer, config or model.config, get_template(template))
         self.engine = Engine(model)
         self.stop_ids = tuple({model.config.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)} - {None})
 
     @property
     def config(self) -> InterleaveConfig:
-        return self.model.config
+        """The model's config with this pipeline's processor settings (see `with_processor`)."""
+        return self.processor.config
 
     def with_template(self, name: str) -> Pipeline:
-        return Pipeline(self.model, self.tokenizer, name)
+        return Pipeline(self.model, self.tokenizer, name, self.config)
 
     def with_processor(self, **overrides: Any) -> Pipeline:
-        """The same weights with processor settings changed, e.g. video_pooling="average" or num_frames=8."""
-        self.model.config = self.model.config.with_overrides(**overrides)
-        return Pipeline(self.model, self.tokenizer, self.processor.template.name)
+        """The same weights with processor settings changed, e.g. video_pooling="average" or num_frames=8.
+
+        The model is shared and left as it is: each visual carries the settings it was prepared with."""
+        return Pipeline(self.model, self.tokenizer, self.processor.template.name, self.config.with_overrides(**overrides))
 
     # ------------------------------------------------------------------ building samples
     def sample(self, messages: Sequence[Message]) -> Sample:

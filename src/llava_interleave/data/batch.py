@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import VideoPooling
 from .sample import Modality
 
 
@@ -17,6 +18,7 @@ class VisualInput:
     image_size: (width, height) of the original picture; anyres un-padding needs it.
     grid: (rows, cols) of anyres crops, else None.
     num_tokens: how many slots it fills in the token sequence; the model checks it.
+    pooling: how video frames are pooled; the processor decides, the model follows.
     """
 
     pixel_values: torch.Tensor
@@ -24,6 +26,7 @@ class VisualInput:
     image_size: tuple[int, int]
     grid: tuple[int, int] | None
     num_tokens: int
+    pooling: VideoPooling = "none"
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class Processor:
             pictures = list(visual.frames)
         pixels = torch.stack([to_tensor(p, size, proc.image_mean, proc.image_std) for p in pictures])
         count = visual_token_count(visual.modality, len(visual.frames), first.size, vision, proc)
-        return VisualInput(pixels, visual.modality, first.size, grid, count)
+        return VisualInput(pixels, visual.modality, first.size, grid, count, proc.video_pooling)
 
     def encode(self, sample: Sample, add_generation_prompt: bool = True) -> Encoded:
         """Render with the template, tokenise text runs, expand slots; labels mark supervised tokens."""

@@ -34,9 +34,7 @@ def visual_token_count(
     return grid * grid + newline
 
 
-def arrange(
-    features: torch.Tensor, visual: VisualInput, newline: torch.Tensor | None, grid: int, proc: ProcessorConfig
-) -> torch.Tensor:
+def arrange(features: torch.Tensor, visual: VisualInput, newline: torch.Tensor | None, grid: int) -> torch.Tensor:
     """(n, grid*grid, H) projected features of one visual -> (num_tokens, H)."""
     hidden = features.shape[-1]
 
@@ -46,7 +44,7 @@ def arrange(
         return torch.cat([rows, newline.to(rows.dtype).expand(rows.shape[0], 1, hidden)], dim=1)
 
     if visual.modality == Modality.VIDEO:
-        frames = pool_frames(features, grid, proc.video_pooling)  # (F, g*g, H)
+        frames = pool_frames(features, grid, visual.pooling)  # (F, g*g, H)
         return with_newline(frames).reshape(-1, hidden)
     if visual.modality == Modality.PATCHES and newline is not None:
         assert visual.grid is not None, "anyres visual without a crop grid"

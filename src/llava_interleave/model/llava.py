@@ -57,7 +57,7 @@ class LlavaInterleave(nn.Module):
         )  # (N, 729, H)
         per_visual = features.split([v.pixel_values.shape[0] for v in visuals])
         grid = self.config.vision.grid
-        return [arrange(f, v, self.image_newline, grid, self.config.processor) for f, v in zip(per_visual, visuals)]
+        return [arrange(f, v, self.image_newline, grid) for f, v in zip(per_visual, visuals)]
 
     def embed(self, input_ids: torch.Tensor, visuals: Sequence[VisualInput] = ()) -> torch.Tensor:
         """(B, L) ids with image slots -> (B, L, H) embeddings with the visual tokens merged in."""
