@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from .config import InterleaveConfig, ProcessorConfig, TextConfig, VisionConfig
+from .data.tokenizer import train_tokenizer
 from .model.checkpoint import save_checkpoint
 from .model.layouts import ORIGINAL_IMAGE_TOKEN
 from .model.llava import LlavaInterleave
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
 CORPUS = [
     "You are a helpful assistant. What is in the image? Describe the video. How many views show a chair?",
     "the cat sat on the mat. A red square and a blue circle. Which image has more triangles? Answer: (A) left",
@@ -23,19 +22,7 @@ CORPUS = [
 
 def make_tokenizer(vocab_size: int = 400, corpus: list[str] | None = None) -> PreTrainedTokenizerFast:
     """A byte-level BPE with the ChatML special tokens and `<image>`, like Qwen's but small."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(corpus or CORPUS, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<image>"],
-    )
+    return train_tokenizer(corpus or CORPUS, vocab_size)
 
 
 def tiny_config(

@@ -6,12 +6,14 @@ encodes, arranges (anyres un-padding, video pooling, newlines) and scatters into
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers.cache_utils import Cache
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
 from ..config import InterleaveConfig
 from ..data.batch import VisualInput
@@ -20,6 +22,9 @@ from .language_model import build_language_model
 from .merge import merge_visual_tokens
 from .projector import Projector
 from .vision_tower import VisionTower
+
+# transformers 5.2x renamed Qwen2Model's `past_key_values` argument to `cache`; accept both releases.
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(Qwen2Model.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -82,14 +87,15 @@ class LlavaInterleave(nn.Module):
         if inputs_embeds is None:
             assert input_ids is not None, "give input_ids or inputs_embeds"
             inputs_embeds = self.embed(input_ids.to(self.device), visuals)
+        cache = {CACHE_ARGUMENT: past_key_values} if past_key_values is not None else {}
         out = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=past_key_values is not None,
+            **cache,
         )
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return ForwardOutput(self.lm_head(hidden), out.past_key_values)
+        return ForwardOutput(self.lm_head(hidden), getattr(out, CACHE_ARGUMENT) if past_key_values is not None else None)

@@ -1,0 +1,87 @@
+"""The model being trained: loaded or built new, its tunable parts, LoRA adapters and optimiser groups."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.tokenizer import train_tokenizer
+from ..model.checkpoint import load_model, load_tokenizer
+from ..model.llava import LlavaInterleave
+from .config import PARTS, ConfigError, LoraSpec, ModelSpec, OptimSpec
+from .presets import preset_config, processor_config
+
+PREFIXES = {"vision_tower": ("vision_tower.",), "projector": ("projector.", "image_newline"),
+            "llm": ("language_model.", "lm_head.")}
+
+
+def build_model(spec: ModelSpec, texts: Callable[[], Iterable[str]], tokenizer_dir: Path | None = None) -> tuple[LlavaInterleave, Any]:
+    """fp32 on CPU, in train mode. A new model gets a BPE trained on `texts()` unless a tokenizer is given
+    (`tokenizer_dir`: the one a resumed run saved, so it never changes between restarts)."""
+    if spec.checkpoint is not None:
+        net, tokenizer = load_model(spec.checkpoint, device="cpu", dtype=torch.float32)
+        if spec.processor:
+            processor = processor_config(spec.processor, net.config.processor)
+            if processor.uses_newline != net.config.processor.uses_newline:
+                raise ConfigError("model.processor cannot change patch_merge of a checkpoint: that changes its weights")
+            net.config = replace(net.config, processor=processor)
+        return net.train(), tokenizer
+    source = tokenizer_dir or (Path(spec.tokenizer) if spec.tokenizer else None)
+    tokenizer = load_tokenizer(source) if source else train_tokenizer(texts(), spec.vocab_size)
+    return LlavaInterleave(preset_config(spec.preset or "", tokenizer, spec.processor)).train(), tokenizer
+
+
+def part_of(name: str) -> str:
+    """Which tunable part a parameter belongs to (LoRA adapters inside the LLM belong to "llm")."""
+    for part, prefixes in PREFIXES.items():
+        if name.startswith(prefixes):
+            return part
+    raise ValueError(f"parameter {name} belongs to no part")
+
+
+def set_trainable(net: nn.Module, tune: Iterable[str], lora: bool) -> dict[str, int]:
+    """Freeze all but the tuned parts; with LoRA only the adapters of the LLM train. Returns counts per part."""
+    tune = set(tune)
+    counts = dict.fromkeys(PARTS, 0)
+    for name, param in net.named_parameters():
+        part = part_of(name)
+        param.requires_grad = part in tune and (not lora or part != "llm" or "lora_" in name)
+        counts[part] += param.numel() if param.requires_grad else 0
+    return counts
+
+
+def param_groups(net: nn.Module, optim: OptimSpec) -> list[dict[str, Any]]:
+    """One AdamW group per part and decay kind: each part its own learning rate; no decay on norms and biases."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, param in net.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((part_of(name), param.ndim >= 2), []).append(param)
+    return [
+        {"params": params, "lr": optim.lr_of(part), "weight_decay": optim.weight_decay if decay else 0.0, "part": part}
+        for (part, decay), params in sorted(groups.items())
+    ]
+
+
+def add_lora(net: LlavaInterleave, spec: LoraSpec) -> None:
+    """Insert peft LoRA layers into the LLM in place (names gain `.base_layer` and `.lora_A/B`)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.target_modules))
+    inject_adapter_in_model(config, net.language_model)
+
+
+def merge_lora(net: nn.Module) -> nn.Module:
+    """Fold the adapters into their base weights and put the plain layers back: an ordinary checkpoint."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(net.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent), child, module.get_base_layer())
+    return net

@@ -1,0 +1,24 @@
+"""Learning-rate schedules: linear warmup, then cosine or linear decay to zero, or constant."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier of the base learning rate for optimiser step `step` (0-based) of `total`.
+
+    Warmup ramps (step + 1) / warmup so that the first step already learns (a 0 learning rate would waste it)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float, kind: str) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = math.ceil(warmup_ratio * total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, kind))

@@ -1,0 +1,106 @@
+"""Supervised fine-tuning on M4-Instruct-style data: next-token cross-entropy on the assistant turns.
+
+`llava-interleave train CONFIG.yaml [key=value ...]`. Broken samples are skipped and counted (a run stops
+only when more than `data.max_skip_ratio` of them are broken); packing puts each micro-batch's samples
+into as few rows as fit `data.max_length`, with a block-diagonal mask so no sample sees another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data.batch import Encoded
+from ..data.collate import Batch, pack_collate, pack_greedy, pad_collate
+from ..data.dataset import DataConfig, SFTDataset
+from ..data.m4 import MediaResolver, Record, default_modality, open_records
+from ..data.processor import IGNORE_INDEX, Processor
+from ..data.stats import TokenCounter
+from ..data.templates import get_template
+from .config import DataSpec, TrainConfig
+from .trainer import Trainer
+
+TOKENIZER_TEXTS = 20_000  # records read to train a new model's tokenizer
+
+
+def resolver_for(data: DataSpec) -> MediaResolver:
+    """Media paths are relative to `data.image_root`, else to the data file's folder."""
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    return MediaResolver(path(data.image_root) or Path(data.path).parent, path(data.video_root), path(data.video_map))
+
+
+def record_texts(records: Sequence[Record], limit: int = TOKENIZER_TEXTS) -> Iterator[str]:
+    for index in range(min(limit, len(records))):
+        yield from (text for _, text in records[index].turns)
+
+
+def supervised(encoded: Encoded) -> int:
+    """Tokens the loss is taken on (labels shifted by one, as the loss sees them)."""
+    return sum(label != IGNORE_INDEX for label in encoded.labels[1:])
+
+
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over supervised positions (fp32 softmax)."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def forward_batch(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    return model(batch.input_ids, batch.visuals, batch.attention_mask, batch.position_ids).logits
+
+
+class SFTObjective:
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.records = open_records(config.data.path, config.seed)
+        self.resolver = resolver_for(config.data)
+        self.modalities = [default_modality(r).value for r in self.records]
+
+    def texts(self) -> Iterator[str]:
+        return record_texts(self.records)
+
+    def prepare(self, trainer: Trainer) -> None:
+        data, model_config = self.config.data, trainer.net.config
+        template = get_template(self.config.model.template)
+        self.pad_id = model_config.pad_token_id
+        self.max_length = min(data.max_length, model_config.max_length)
+        processor = Processor(trainer.tokenizer, model_config, template)
+        self.dataset = SFTDataset(self.records, self.resolver, processor, DataConfig(
+            max_length=self.max_length, truncation=data.truncation, num_frames=data.num_frames,  # type: ignore[arg-type]
+            front_fraction=data.front_fraction, max_skip_ratio=data.max_skip_ratio, seed=self.config.seed))
+        if data.group_by_length:
+            counter = TokenCounter(trainer.tokenizer, model_config, template)
+            self.lengths = [counter.count(r, default_modality(r), self.resolver) for r in self.records]
+        else:
+            self.lengths = [0] * len(self.records)
+        self.empty = Encoded([self.pad_id], [IGNORE_INDEX], ())
+
+    def get(self, index: int) -> Encoded | None:
+        return self.dataset[index]
+
+    def skipped(self) -> dict[str, int]:
+        return dict(self.dataset.budget.skipped)
+
+    def weight(self, items: Sequence[Encoded]) -> int:
+        return sum(map(supervised, items))
+
+    def collate(self, items: Sequence[Encoded]) -> Batch:
+        if self.config.data.packing:
+            rows = pack_greedy([len(e) for e in items], self.max_length)
+            return pack_collate([[items[i] for i in row] for row in rows], self.pad_id)
+        return pad_collate(items, self.pad_id)
+
+    def loss(self, model: torch.nn.Module, items: Sequence[Encoded]) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self.collate(items or [self.empty])  # a rank with no good sample still joins the collectives
+        logits = forward_batch(model, batch)
+        return token_loss(logits, batch.labels), {"tokens": float(batch.num_tokens if items else 0)}
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    """Run SFT; returns the final model directory (`OUT_DIR/final`)."""
+    return Trainer(config, SFTObjective, resume).run()

@@ -1,0 +1,190 @@
+"""SFT recipe: configs, schedule, step plan, resume after a kill, torchrun, tunable parts, LoRA, packing, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llava_interleave.cli import main
+from llava_interleave.data.synth import write_synthetic
+from llava_interleave.model.checkpoint import load_model
+from llava_interleave.model.llava import LlavaInterleave
+from llava_interleave.train import trainer as trainer_module
+from llava_interleave.train.build import add_lora
+from llava_interleave.train.config import ConfigError, LoraSpec, load_config
+from llava_interleave.train.plan import StepPlan
+from llava_interleave.train.runlog import read_log
+from llava_interleave.train.schedule import lr_factor
+from llava_interleave.train.sft import train
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic(out, 48, seed=3, bench_n=6, image_size=48)
+    return out / "train.json"
+
+
+def config(data: Path, out: Path, *overrides: str):
+    base = [f"data.path={data}", f"out_dir={out}", "model.preset=tiny", "batch_size=4", "max_steps=4",
+            "optim.lr=1e-3", "progress=false", "data.max_length=2048", "data.num_frames=4", "seed=1"]
+    return load_config(None, base + list(overrides))
+
+
+def losses(run: Path) -> list[float]:
+    return [r["loss"] for r in read_log(run)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {preset: tiny}\ndata: {path: data/train.json}\noptim: {lr: 1e-4, tune: [projector]}\n")
+    cfg = load_config(path, ["optim.llm_lr=3e-5", "batch_size=2", "data.packing=true"])
+    assert cfg.optim.lr == 1e-4 and cfg.optim.tune == ("projector",) and cfg.optim.lr_of("llm") == 3e-5
+    assert cfg.optim.lr_of("projector") == 1e-4 and cfg.batch_size == 2 and cfg.data.packing is True
+    assert cfg.data.path == str(tmp_path / "data" / "train.json")  # relative to the YAML
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optim.lrr=1"], "unknown key optim.lrr"),
+        (["batch_size=two"], "batch_size must be int"),
+        (["optim.lr=fast"], "optim.lr must be a number"),
+        (["optim.tune=[eyes]"], "unknown part 'eyes'"),
+        (["model.checkpoint=x"], "exactly one of model.checkpoint"),
+        (["nokey"], "not KEY=VALUE"),
+    ],
+)
+def test_config_errors_say_what_is_wrong(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["model.preset=tiny", "data.path=x.json", *overrides])
+
+
+def test_schedule_warms_up_then_decays():
+    assert [lr_factor(s, 10, 2, "cosine") for s in (0, 1)] == [0.5, 1.0]
+    assert lr_factor(2, 10, 2, "cosine") == 1.0 and lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
+    assert lr_factor(6, 10, 2, "linear") == pytest.approx(0.5) and lr_factor(9, 10, 2, "linear") == pytest.approx(1 / 8)
+    assert lr_factor(9, 10, 2, "constant") == 1.0
+
+
+def test_two_processes_see_different_halves_of_the_same_global_batch():
+    lengths, modalities = list(range(40)), ["image"] * 20 + ["video"] * 20
+    one = StepPlan(lengths, modalities, batch_size=4, grad_accum=2, world=1, seed=5)
+    two = StepPlan(lengths, modalities, batch_size=2, grad_accum=2, world=2, seed=5)
+    for step in range(one.steps_per_epoch * 2):
+        rank0, rank1 = ([i for batch in two.micro_batches(step, r) for i in batch] for r in (0, 1))
+        assert not set(rank0) & set(rank1)
+        assert sorted(rank0 + rank1) == sorted(i for batch in one.micro_batches(step, 0) for i in batch)
+    assert one.step_indices(0) != one.step_indices(one.steps_per_epoch)  # a new epoch reshuffles
+
+
+# ---------------------------------------------------------------------------------------------- training
+def test_kill_and_resume_gives_the_same_losses(synth, tmp_path, monkeypatch):
+    train(config(synth, tmp_path / "full", "max_steps=6", "save_every=2"))
+    original = trainer_module.Trainer.step
+
+    def dies_at_step_5(self, step):
+        if step == 4:
+            raise KeyboardInterrupt("killed")
+        return original(self, step)
+
+    monkeypatch.setattr(trainer_module.Trainer, "step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(synth, tmp_path / "killed", "max_steps=6", "save_every=2", "keep_last=1"))
+    assert [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir()] == ["step-00000004"]
+    monkeypatch.setattr(trainer_module.Trainer, "step", original)
+    train(config(synth, tmp_path / "killed", "max_steps=6", "save_every=2"), resume=True)
+    assert len(losses(tmp_path / "killed")) == 6
+    assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "full"), abs=1e-6)
+    assert all(a != b for a, b in zip(losses(tmp_path / "full"), losses(tmp_path / "full")[1:]))
+
+
+def test_grad_accumulation_and_packing_leave_the_loss_unchanged(synth, tmp_path):
+    train(config(synth, tmp_path / "plain"))
+    train(config(synth, tmp_path / "accum", "batch_size=2", "grad_accum=2"))
+    train(config(synth, tmp_path / "packed", "data.packing=true"))
+    reference = losses(tmp_path / "plain")
+    assert losses(tmp_path / "accum") == pytest.approx(reference, rel=1e-5)
+    assert losses(tmp_path / "packed") == pytest.approx(reference, rel=1e-5)
+    assert reference[-1] < reference[0]
+
+
+def test_only_tuned_parts_change_each_at_its_learning_rate(synth, tmp_path, tokenizer, hf_checkpoint):
+    base, _ = load_model(hf_checkpoint, "cpu")
+    cfg = load_config(None, [f"model.checkpoint={hf_checkpoint}", f"data.path={synth}", f"out_dir={tmp_path}", "max_steps=2",
+                             "batch_size=2", "optim.tune=[projector]", "optim.projector_lr=1e-2", "progress=false",
+                             "data.max_length=4096", "data.num_frames=2", "model.template=hf"])
+    tuned, _ = load_model(train(cfg), "cpu")
+    before, after = base.state_dict(), tuned.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("projector.") for k in changed)
+    assert read_log(tmp_path)[0]["lr"] == 1e-2
+
+
+def test_lora_trains_adapters_and_exports_a_merged_model(synth, tmp_path):
+    final = train(config(synth, tmp_path, "lora.enabled=true", "lora.r=4", "lora.dropout=0", "optim.tune=[llm]"))
+    merged, _ = load_model(final, "cpu")
+    assert not any("lora" in k for k in merged.state_dict())
+    state = torch.load(next((tmp_path / "checkpoints").iterdir()) / "state.pt", weights_only=False)["model"]
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in state.items())  # B starts at zero: it learned
+    unmerged = LlavaInterleave(merged.config)
+    add_lora(unmerged, LoraSpec(r=4, dropout=0.0))
+    missing = unmerged.load_state_dict(state, strict=False).missing_keys
+    assert not [k for k in missing if "lora" in k or "base_layer" in k]
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():  # peft's adapter forward == our merged weights
+        assert torch.allclose(unmerged.eval()(ids).logits, merged(ids).logits, atol=1e-5)
+
+
+def test_cli_train_skips_bad_samples_plots_and_exports(synth, tmp_path, capsys):
+    entries = json.loads(synth.read_text())
+    entries[0]["image"] = ["missing.png"] * len(entries[0].get("image", []) or [1])
+    broken = synth.parent / "broken.json"
+    broken.write_text(json.dumps(entries))
+    run = tmp_path / "run"
+    args = ["train", "model.preset=tiny", f"data.path={broken}", f"out_dir={run}", "batch_size=8", "epochs=1",
+            "progress=false", "data.max_length=2048", "data.num_frames=4", "data.group_by_length=false", "seed=2"]
+    assert main(args) == 0
+    skipped = read_log(run)[-1]["skipped"]
+    assert sum(skipped.values()) >= 1, skipped
+    assert main(["plot", str(run)]) == 0 and (run / "curves.png").stat().st_size > 1000
+    image = next(p for p in synth.parent.rglob("*.png"))
+    assert main(["generate", "--model", str(run / "final"), "--prompt", "<image> How many?", "--image", str(image),
+                 "--max-new-tokens", "3"]) == 0
+    assert main(["convert", str(run / "final"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert (tmp_path / "hf" / "preprocessor_config.json").is_file()
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun not installed")
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+def test_torchrun_two_processes_match_one(synth, tmp_path, strategy):
+    one = tmp_path / "one"
+    train(config(synth, one, "batch_size=4"))
+    two = tmp_path / "two"
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    args = [f"data.path={synth}", f"out_dir={two}", "model.preset=tiny", "batch_size=2", "max_steps=4", "optim.lr=1e-3",
+            "progress=false", "data.max_length=2048", "data.num_frames=4", "seed=1", f"distributed={strategy}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "llava_interleave.cli",
+                           "train", *args],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on 2 process(es)" in done.stdout
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+    assert load_model(two / "final", "cpu")[0] is not None
