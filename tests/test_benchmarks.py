@@ -23,3 +23,8 @@ def test_generate_vs_transformers_runs():
 def test_data_pipeline_runs():
     out = _run("benchmarks/data_pipeline.py", "--n", "12", "--repeats", "1", "--batch-size", "4")
     assert "samples/s" in out and "padding waste, packed" in out
+
+
+def test_train_packing_runs():
+    out = _run("benchmarks/train_packing.py", "--n", "16", "--steps", "2", "--batch-size", "4")
+    assert "packing / padding:" in out and "| packing |" in out

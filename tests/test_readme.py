@@ -15,24 +15,25 @@ README = (ROOT / "README.md").read_text()
 
 
 def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
 
 
 def _cli_lines() -> list[str]:
-    return [line for block in _blocks("bash") for line in block.splitlines() if line.startswith("llava-interleave ")]
+    return [line for block in _blocks("bash") for line in block.splitlines() if line.startswith(("llava-interleave ", "torchrun "))]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """One folder for all examples, in README order: later lines use what earlier ones wrote."""
     path = tmp_path_factory.mktemp("readme")
-    (path / "examples").symlink_to(ROOT / "examples")
+    for folder in ("examples", "recipes"):
+        (path / folder).symlink_to(ROOT / folder)
     return path
 
 
 def _env(model: Path) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "MODEL": str(model), "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    return {**os.environ, "MODEL": str(model), "PATH": bin_dir + os.pathsep + os.environ["PATH"], "OMP_NUM_THREADS": "1"}
 
 
 def test_readme_has_the_examples():

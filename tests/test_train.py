@@ -53,10 +53,11 @@ def free_port() -> int:
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model: {preset: tiny}\ndata: {path: data/train.json}\noptim: {lr: 1e-4, tune: [projector]}\n")
-    cfg = load_config(path, ["optim.llm_lr=3e-5", "batch_size=2", "data.packing=true"])
+    cfg = load_config(path, ["optim.llm_lr=3e-5", "batch_size=2", "data.packing=true", "data.image_root=media"])
     assert cfg.optim.lr == 1e-4 and cfg.optim.tune == ("projector",) and cfg.optim.lr_of("llm") == 3e-5
     assert cfg.optim.lr_of("projector") == 1e-4 and cfg.batch_size == 2 and cfg.data.packing is True
-    assert cfg.data.path == str(tmp_path / "data" / "train.json")  # relative to the YAML
+    assert cfg.data.path == str(tmp_path / "data" / "train.json")  # written in the YAML: relative to it
+    assert cfg.data.image_root == "media"  # given on the command line: relative to where you are
 
 
 @pytest.mark.parametrize(
@@ -73,6 +74,12 @@ def test_yaml_and_overrides(tmp_path):
 def test_config_errors_say_what_is_wrong(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["model.preset=tiny", "data.path=x.json", *overrides])
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_recipes_are_valid_configs(recipe):
+    cfg = load_config(recipe, ["out_dir=somewhere"])
+    assert Path(cfg.data.path).is_absolute() and cfg.out_dir == "somewhere"
 
 
 def test_schedule_warms_up_then_decays():

@@ -36,10 +36,13 @@ def stats(args: Any) -> int:
 
 
 def synth(args: Any) -> int:
+    from .data.pairs import write_pairs
     from .data.synth import write_synthetic
 
     summary = write_synthetic(Path(args.out), args.n, args.seed, args.bench_n)
     print(summary)
+    pairs = write_pairs(summary.train_json, Path(args.out) / "dpo.jsonl", args.seed)
+    print(f"  dpo.jsonl: {pairs} preference pairs (the true answer chosen, a wrong one rejected)")
     return 0
 
 

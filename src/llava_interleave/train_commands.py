@@ -15,6 +15,8 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("config", nargs="?", default=None, help="YAML config (optional when everything is given as KEY=VALUE)")
         p.add_argument("overrides", nargs="*", default=[], help="e.g. optim.lr=2e-5 data.packing=true out_dir=runs/x")
         p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
+    p.add_argument("--write-reference", default=None, metavar="JSONL",
+                   help="only score the pairs with the reference model and write their log-probs here")
     p = sub.add_parser("plot", help="draw a run's loss and learning-rate curves to PNG")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
@@ -37,9 +39,14 @@ def train(args: argparse.Namespace) -> int:
 
 def dpo(args: argparse.Namespace) -> int:
     from .train.dpo import train as run
+    from .train.dpo import write_reference
 
     path, overrides = _split(args)
-    run(load_config(path, overrides), resume=args.resume)
+    config = load_config(path, overrides)
+    if args.write_reference:
+        write_reference(config, args.write_reference)
+    else:
+        run(config, resume=args.resume)
     return 0
 
 

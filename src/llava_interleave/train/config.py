@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from collections.abc import Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +176,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = TrainConfig) -> Any:
-    """YAML file (optional) + overrides -> frozen config; relative data paths are made relative to the YAML."""
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), cls: type = TrainConfig) -> Any:
+    """YAML file (optional) + overrides -> frozen config. Paths written in the YAML are relative to the YAML's
+    folder (a recipe works from any directory); paths given as overrides are relative to where you are."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -185,19 +187,21 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = 
             raise ConfigError(f"cannot read config {path}: {err}") from err
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    config = build(cls, apply_overrides(data, list(overrides)))
-    if path is not None:
-        config = _anchor_paths(config, Path(path).resolve().parent)
-    return validate(config)
+        _anchor_paths(data, Path(path).resolve().parent)
+    return validate(build(cls, apply_overrides(data, list(overrides))))
 
 
-def _anchor_paths(config: TrainConfig, base: Path) -> TrainConfig:
-    def anchor(value: str | None) -> str | None:
-        return value if value is None or Path(value).is_absolute() or value == "" else str(base / value)
-
-    data = replace(config.data, path=anchor(config.data.path) or "", image_root=anchor(config.data.image_root),
-                   video_root=anchor(config.data.video_root), video_map=anchor(config.data.video_map))
-    return replace(config, data=data)
+def _anchor_paths(data: dict[str, Any], base: Path) -> None:
+    """Data paths always; a checkpoint or reference only when it exists there (else it may be a hub id)."""
+    sections = {"data": ("path", "image_root", "video_root", "video_map"), "model": ("checkpoint", "tokenizer"),
+                "dpo": ("reference", "reference_logprobs")}
+    for section, keys in sections.items():
+        node = data.get(section)
+        for key in keys if isinstance(node, dict) else ():
+            value = node.get(key)
+            relative = isinstance(value, str) and value and not Path(value).is_absolute()
+            if relative and (section == "data" or (base / value).exists()):
+                node[key] = str(base / value)
 
 
 def validate(config: TrainConfig) -> TrainConfig:

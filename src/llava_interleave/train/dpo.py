@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..data.processor import IGNORE_INDEX, Processor
 from ..data.templates import get_template
 from ..errors import InterleaveError
 from ..model.checkpoint import load_model
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .dpo_loss import dpo_loss, dpo_objective, sequence_logprobs, split_concatenated
 from .sft import forward_batch, resolver_for, supervised
 from .trainer import Trainer
@@ -165,3 +165,22 @@ class DPOObjective:
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Run DPO; returns the final model directory (`OUT_DIR/final`)."""
     return Trainer(config, DPOObjective, resume).run()
+
+
+def write_reference(config: TrainConfig, out: str | Path) -> int:
+    """Score every pair with the reference model once and write `{id, chosen, rejected}` lines: training with
+    `dpo.reference_logprobs` then needs no second model in memory. Returns the number of pairs written."""
+    trainer = Trainer(replace(config, dpo=replace(config.dpo, reference_logprobs=None)), DPOObjective)
+    if trainer.dist.world > 1:
+        raise ConfigError("--write-reference runs in one process (not under torchrun)")
+    objective: DPOObjective = trainer.objective  # type: ignore[assignment]
+    written = 0
+    with open(out, "w") as f, torch.no_grad(), trainer.autocast():
+        for index in range(len(objective.source)):
+            pair = objective.get(index)
+            if pair is not None:
+                chosen, rejected = split_concatenated(objective.logprobs(objective.reference, [pair])[0])
+                f.write(json.dumps({"id": pair.id, "chosen": float(chosen), "rejected": float(rejected)}) + "\n")
+                written += 1
+    print(f"wrote reference log-probs of {written} pairs to {out}; skipped: {objective.skipped() or 'none'}")
+    return written
