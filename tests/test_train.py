@@ -158,6 +158,12 @@ def test_lora_trains_adapters_and_exports_a_merged_model(synth, tmp_path):
         assert torch.allclose(unmerged.eval()(ids).logits, merged(ids).logits, atol=1e-5)
 
 
+def test_tensorboard_events_are_written(synth, tmp_path):
+    train(config(synth, tmp_path, "max_steps=2", "tensorboard=true"))
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100
+
+
 def test_cli_train_skips_bad_samples_plots_and_exports(synth, tmp_path, capsys):
     entries = json.loads(synth.read_text())
     entries[0]["image"] = ["missing.png"] * len(entries[0].get("image", []) or [1])

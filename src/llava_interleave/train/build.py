@@ -33,7 +33,24 @@ def build_model(spec: ModelSpec, texts: Callable[[], Iterable[str]], tokenizer_d
         return net.train(), tokenizer
     source = tokenizer_dir or (Path(spec.tokenizer) if spec.tokenizer else None)
     tokenizer = load_tokenizer(source) if source else train_tokenizer(texts(), spec.vocab_size)
-    return LlavaInterleave(preset_config(spec.preset or "", tokenizer, spec.processor)).train(), tokenizer
+    net = LlavaInterleave(preset_config(spec.preset or "", tokenizer, spec.processor))
+    return init_new_weights(net).train(), tokenizer
+
+
+def init_new_weights(net: LlavaInterleave) -> LlavaInterleave:
+    """ViT-style initialisation of a new tower and projector (transformers' Qwen2Model initialises itself).
+
+    PyTorch's default Embedding init (std 1) would make the tower's position embeddings drown out the
+    pixels (a 7x7 patch projects to std ~0.3), so a new model could not tell one image from another."""
+    with torch.no_grad():
+        for module in [*net.vision_tower.modules(), *net.projector.modules()]:
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+    return net
 
 
 def part_of(name: str) -> str:
