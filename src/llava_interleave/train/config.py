@@ -46,7 +46,8 @@ class DataSpec:
     num_frames: int = 16
     front_fraction: float = 0.0  # share of samples whose images move in front of the text
     max_skip_ratio: float = 0.2  # stop when more than this share of samples is broken
-    packing: bool = False  # pack each micro-batch's samples into rows of at most max_length tokens
+    packing: bool = False  # pack each micro-batch's samples into fewer rows (block-diagonal attention)
+    pack_tokens: int = 0  # row budget when packing; 0 = the micro-batch's longest sample (no row gets longer)
     group_by_length: bool = True  # batches of one modality and similar length
 
 

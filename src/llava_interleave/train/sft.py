@@ -2,7 +2,8 @@
 
 `llava-interleave train CONFIG.yaml [key=value ...]`. Broken samples are skipped and counted (a run stops
 only when more than `data.max_skip_ratio` of them are broken); packing puts each micro-batch's samples
-into as few rows as fit `data.max_length`, with a block-diagonal mask so no sample sees another.
+into fewer rows, by default none longer than its longest sample (so attention never gets wider than
+with padding, and the pad tokens go), with a block-diagonal mask so no sample sees another.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class SFTObjective:
 
     def collate(self, items: Sequence[Encoded]) -> Batch:
         if self.config.data.packing:
-            rows = pack_greedy([len(e) for e in items], self.max_length)
+            lengths = [len(e) for e in items]
+            rows = pack_greedy(lengths, self.config.data.pack_tokens or max(lengths))
             return pack_collate([[items[i] for i in row] for row in rows], self.pad_id)
         return pad_collate(items, self.pad_id)
 
