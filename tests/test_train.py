@@ -183,21 +183,32 @@ def test_cli_train_skips_bad_samples_plots_and_exports(synth, tmp_path, capsys):
     assert (tmp_path / "hf" / "preprocessor_config.json").is_file()
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun not installed")
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+
+
+def torchrun(synth: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = [f"data.path={synth}", f"out_dir={out}", "model.preset=tiny", "batch_size=2", "max_steps=4", "optim.lr=1e-3",
+            "progress=false", "data.max_length=2048", "data.num_frames=4", "seed=1", *extra]
+    done = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "llava_interleave.cli",
+                           "train", *args], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
 @pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
 def test_torchrun_two_processes_match_one(synth, tmp_path, strategy):
-    one = tmp_path / "one"
-    train(config(synth, one, "batch_size=4"))
-    two = tmp_path / "two"
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    args = [f"data.path={synth}", f"out_dir={two}", "model.preset=tiny", "batch_size=2", "max_steps=4", "optim.lr=1e-3",
-            "progress=false", "data.max_length=2048", "data.num_frames=4", "seed=1", f"distributed={strategy}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "llava_interleave.cli",
-                           "train", *args],
-                          env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    train(config(synth, tmp_path / "one", "batch_size=4"))
+    done = torchrun(synth, tmp_path / "two", f"distributed={strategy}")
     assert "on 2 process(es)" in done.stdout
-    assert losses(two) == pytest.approx(losses(one), rel=1e-5)
-    assert load_model(two / "final", "cpu")[0] is not None
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    assert load_model(tmp_path / "two" / "final", "cpu")[0] is not None
+
+
+@pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
+def test_a_one_process_checkpoint_resumes_sharded_on_two(synth, tmp_path):
+    train(config(synth, tmp_path / "one", "batch_size=4"))
+    train(config(synth, tmp_path / "moved", "batch_size=4", "max_steps=2"))  # stops at step 2 with a checkpoint
+    torchrun(synth, tmp_path / "moved", "--resume")
+    assert losses(tmp_path / "moved") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)

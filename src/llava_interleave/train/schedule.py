@@ -19,6 +19,11 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float, kind: str) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float, kind: str, start: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule positioned at optimiser step `start` (groups carry their base rate as `initial_lr`). A
+    resumed run rebuilds it from its own config rather than loading the old one, so a run extended with a
+    larger max_steps follows the new, longer schedule."""
     warmup = math.ceil(warmup_ratio * total)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, kind))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, kind), last_epoch=start - 1)

@@ -109,16 +109,22 @@ class Trainer:
                              self.dist.world, config.seed, config.data.group_by_length)
         epochs_steps = int(config.epochs * self.plan.steps_per_epoch)
         self.total = config.max_steps or max(1, epochs_steps)
-        self.scheduler = make_scheduler(self.optimizer, self.total, config.optim.warmup_ratio, config.optim.schedule)
         self.start = 0
+        self._base_rates()
         if checkpoint is not None:
             state = load_checkpoint(checkpoint)
             load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             self.start = state["step"]
+            self._base_rates()  # the config's rates, also when a resumed run changed them
+        self.scheduler = make_scheduler(self.optimizer, self.total, config.optim.warmup_ratio, config.optim.schedule,
+                                        self.start)
         if self.dist.main:
             self._describe(counts, checkpoint)
+
+    def _base_rates(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.config.optim.lr_of(group["part"])
 
     def _describe(self, counts: dict[str, int], checkpoint: Path | None) -> None:
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
@@ -195,7 +201,7 @@ class Trainer:
         if self.dist.main:
             keep = self.trained_names()
             state = {"step": step, "model": {k: v for k, v in model.items() if k in keep}, "optimizer": optim,
-                     "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "config": to_dict(self.config)}
+                     "rng": rng_state(), "config": to_dict(self.config)}
             save_checkpoint(self.run_dir, step, state, self.config.keep_last)
         self.dist.barrier()
 
