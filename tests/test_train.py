@@ -131,6 +131,15 @@ def test_grad_accumulation_and_packing_leave_the_loss_unchanged(synth, tmp_path)
     assert reference[-1] < reference[0]
 
 
+def test_a_mixture_yaml_and_gradient_checkpointing_train_the_same_samples(synth, tmp_path):
+    mixture = tmp_path / "mix.yaml"
+    mixture.write_text(f"datasets:\n  - json_path: {synth}\n    sampling_strategy: all\n")
+    train(config(synth, tmp_path / "file", "data.group_by_length=false"))
+    train(config(mixture, tmp_path / "mix", "data.group_by_length=false", "grad_checkpointing=true",
+                 f"data.image_root={synth.parent}"))
+    assert losses(tmp_path / "mix") == pytest.approx(losses(tmp_path / "file"), rel=1e-5)
+
+
 def test_only_tuned_parts_change_each_at_its_learning_rate(synth, tmp_path, tokenizer, hf_checkpoint):
     base, _ = load_model(hf_checkpoint, "cpu")
     cfg = load_config(None, [f"model.checkpoint={hf_checkpoint}", f"data.path={synth}", f"out_dir={tmp_path}", "max_steps=2",

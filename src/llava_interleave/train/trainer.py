@@ -101,7 +101,9 @@ class Trainer:
         if not any(counts.values()):
             raise ConfigError(f"nothing to train: optim.tune={list(config.optim.tune)}")
         if config.grad_checkpointing:
-            self.net.language_model.gradient_checkpointing_enable({"use_reentrant": False})
+            lm = self.net.language_model  # transformers >= 5.2x renamed the method; accept both releases
+            enable = getattr(lm, "activation_checkpointing_enable", None) or lm.gradient_checkpointing_enable
+            enable({"use_reentrant": False})
         self.net.to(self.device)
         self.model = wrap(self.net, self.dist, config.distributed)
         self.optimizer = torch.optim.AdamW(param_groups(self.net, config.optim), betas=config.optim.betas, foreach=False)
