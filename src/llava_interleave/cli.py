@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import commands, data_commands, train_commands
+from . import commands, data_commands, eval_commands, train_commands
 from .errors import InterleaveError
 
 COMMANDS: dict[str, Callable[[Any], int]] = {
@@ -21,6 +21,7 @@ COMMANDS: dict[str, Callable[[Any], int]] = {
     "train": train_commands.train,
     "dpo": train_commands.dpo,
     "plot": train_commands.plot,
+    "score": eval_commands.score,
 }
 
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--to", required=True, choices=["hf", "original"])
     conv.add_argument("--dtype", default=None, choices=sorted(commands.DTYPES))
     train_commands.add_parsers(sub)
+    eval_commands.add_parsers(sub)
     _data_parsers(sub.add_parser("data", help="check, describe and make training data").add_subparsers(dest="data_command", required=True))
     return parser
 
