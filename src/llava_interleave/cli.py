@@ -10,6 +10,7 @@ from typing import Any
 
 from . import commands, data_commands, eval_commands, train_commands
 from .errors import InterleaveError
+from .serve import command as serve_command
 
 COMMANDS: dict[str, Callable[[Any], int]] = {
     "generate": commands.generate,
@@ -21,7 +22,9 @@ COMMANDS: dict[str, Callable[[Any], int]] = {
     "train": train_commands.train,
     "dpo": train_commands.dpo,
     "plot": train_commands.plot,
+    "serve": serve_command.serve,
     "score": eval_commands.score,
+    "eval": eval_commands.eval,
 }
 
 
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--to", required=True, choices=["hf", "original"])
     conv.add_argument("--dtype", default=None, choices=sorted(commands.DTYPES))
     train_commands.add_parsers(sub)
+    serve_command.add_parser(sub)
     eval_commands.add_parsers(sub)
     _data_parsers(sub.add_parser("data", help="check, describe and make training data").add_subparsers(dest="data_command", required=True))
     return parser
