@@ -4,13 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from pathlib import Path
 from typing import Any
 
 from .eval.scoring import PROTOCOLS, format_scores, score_file
 
 
 def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("eval", help="answer a LLaVA-Interleave-style bench, score it and write a report",
+                       description="Greedy answers appended to OUT/predictions.jsonl (a rerun resumes); "
+                                   "OUT/report.md, report.json and scores.png at the end. Runs sharded under torchrun.")
+    p.add_argument("--model", required=True, help="checkpoint directory (hf or original layout) or hub id")
+    p.add_argument("--bench", required=True, help="bench JSON/JSONL or parquet file, or a folder of the original JSON files or parquet configs")
+    p.add_argument("--split", default=None, choices=["in_domain", "out_domain", "multi_view"],
+                   help="which file / parquet config of a bench folder (default in_domain)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--protocol", default="paper", choices=PROTOCOLS, help="scoring protocol, also sets the new-token cap")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 1024 (paper) or 16 (harness)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None, help="only the first N samples (after --datasets)")
+    p.add_argument("--datasets", default=None, help="comma-separated dataset names to keep")
+    p.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the model's, 16)")
+    p.add_argument("--video-pooling", default=None, choices=["none", "average", "bilinear"], help="2x2 pooling of frames")
+    p.add_argument("--template", default="qwen_1_5", choices=["qwen_1_5", "hf"])
+    p.add_argument("--image-root", default=None, help="folder of the bench images (default: the JSON's folder)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (under torchrun: one GPU per rank)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+
     p = sub.add_parser("score", help="score a predictions file (ours or the original evaluation's output)")
     p.add_argument("predictions", help="predictions.jsonl")
     p.add_argument("--protocol", default="paper", choices=PROTOCOLS, help="paper (authors' scorer, x100) or harness (0..1)")
@@ -20,4 +40,18 @@ def add_parsers(sub: Any) -> None:
 def score(args: argparse.Namespace) -> int:
     scores = score_file(args.predictions, args.protocol)
     print(json.dumps(scores.to_json(), ensure_ascii=False) if args.json else format_scores(scores))
+    return 0
+
+
+def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
+    from .eval.runner import EvalSettings, run_eval
+
+    datasets = tuple(d.strip() for d in (args.datasets or "").split(",") if d.strip())
+    settings = EvalSettings(args.model, args.bench, Path(args.out), args.split, args.protocol, args.max_new_tokens,
+                            args.batch_size, args.limit, datasets, args.frames, args.video_pooling, args.template,
+                            args.image_root, args.device, args.dtype)
+    result = run_eval(settings)
+    if result.scores is not None:
+        print(format_scores(result.scores))
+        print(f"predictions: {result.predictions}\nreport: {result.report}")
     return 0

@@ -1,0 +1,262 @@
+"""LLaVA-Interleave Bench readers: the original JSON release, the parquet release, and any JSON in that layout.
+
+Every form becomes the same frozen `BenchItem`s, so the runner and the scores cannot tell them apart:
+  - original JSON (`multi_image_in_domain.json`, `multi_image_out_domain.json`, `multi_view_in_domain.json`):
+    `{"sample_id", "conversations", "image": [relative paths], "choice_list", "metadata": {"dataset",
+    "split", "question_type", ...}}`, images under an image folder (default: the JSON's folder);
+  - parquet (configs in_domain / out_of_domain / multi_view_in_domain): `sample_id, sub_task,
+    question_type, question, answer, image_0..image_15` (image structs `{bytes, path}` or raw bytes) and,
+    for multi-turn samples, `conversations`; read with pyarrow (`pip install 'llava-interleave[parquet]'`);
+  - our synthetic bench (`data synth`), a JSON in the original layout where a video is a frame folder.
+A path that is a video file or a frame folder is one video, sampled to `frames` when the item is answered.
+Parquet images stay on disk until then: a bench of thousands of images costs no memory up front.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..data.m4 import MULTI_VIEW_DATASETS, DataError, JsonSource
+from ..data.media import is_video_path, load_image, load_video
+from ..data.sample import IMAGE_SLOT, Modality, Visual
+from ..errors import InterleaveError, MediaError, PromptError
+from .categories import SPLITS, canonical_split, place
+
+ORIGINAL_FILES = {"in_domain": "multi_image_in_domain.json", "out_domain": "multi_image_out_domain.json",
+                  "multi_view": "multi_view_in_domain.json"}
+PARQUET_CONFIGS = {"in_domain": "in_domain", "out_domain": "out_of_domain", "multi_view": "multi_view_in_domain"}
+MAX_PARQUET_IMAGES = 16
+
+
+class BenchError(InterleaveError):
+    """A bench path, file or entry is unusable."""
+
+
+@dataclass(frozen=True)
+class ParquetImage:
+    """One image cell of a parquet file, read when its item is answered."""
+
+    path: str
+    row_group: int
+    row: int  # within the row group
+    column: str
+
+
+ImageRef = str | ParquetImage  # an absolute path (image, video file or frame folder) or a parquet cell
+
+
+@dataclass(frozen=True)
+class BenchItem:
+    """One bench sample: its rounds of (question, reference answer) and its media in slot order."""
+
+    id: str
+    dataset: str
+    category: str
+    split: str
+    question_type: str  # "multi-choice" | "open-ended"
+    turns: tuple[tuple[str, str], ...]
+    images: tuple[ImageRef, ...]
+    choice_list: tuple[str, ...] | None = None
+    scenario: str = ""  # "multi-view" when the bench says so: those images are views of one scene
+
+    @property
+    def is_multi_view(self) -> bool:
+        name = self.dataset.strip().lower()
+        by_name = any(name == known or name.startswith(known + "_") for known in MULTI_VIEW_DATASETS)
+        return self.scenario == "multi-view" or self.split == "multi_view" or by_name
+
+
+def _split(hint: str | None, dataset: str, stated: Any) -> str:
+    """The split an item is scored in: the file or config chosen, else the dataset's known split, else
+    the entry's own, else in_domain."""
+    stated = canonical_split(stated)
+    return hint or place(dataset).split or (stated if stated in SPLITS else None) or "in_domain"
+
+
+def _turns(conversations: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """(question, answer) rounds from alternating human / gpt turns; a final question may lack its answer."""
+    if isinstance(conversations, str):
+        conversations = json.loads(conversations)
+    if not isinstance(conversations, list) or not conversations:
+        raise BenchError(f"{where}: missing or empty 'conversations'")
+    rounds: list[tuple[str, str]] = []
+    for k, turn in enumerate(conversations):
+        speaker = turn.get("from", turn.get("role")) if isinstance(turn, dict) else None
+        text = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
+        expected = ("human", "user") if k % 2 == 0 else ("gpt", "assistant")
+        if speaker not in expected or not isinstance(text, str):
+            raise BenchError(f"{where}: turn {k} should be a {expected[0]} turn with text")
+        if k % 2 == 0:
+            rounds.append((text, ""))
+        else:
+            rounds[-1] = (rounds[-1][0], text)
+    return tuple(rounds)
+
+
+def item_from_entry(obj: Any, image_root: Path, split: str | None, where: str) -> BenchItem:
+    """A `BenchItem` from one entry of the original (or our synthetic) JSON layout."""
+    if not isinstance(obj, dict):
+        raise BenchError(f"{where}: expected a JSON object")
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    dataset = str(meta.get("dataset") or obj.get("dataset") or "unknown")
+    names = obj.get("image", obj.get("images")) or []
+    names = [names] if isinstance(names, str) else names
+    choices = obj.get("choice_list")
+    qtype = meta.get("question_type") or obj.get("question_type") or ("multi-choice" if choices else "open-ended")
+    item_split = _split(split, dataset, meta.get("split"))
+    return BenchItem(str(obj.get("sample_id", obj.get("id", where))), dataset, place(dataset).category, item_split,
+                     str(qtype), _turns(obj.get("conversations"), where),
+                     tuple(str((image_root / str(n)).absolute()) for n in names),
+                     tuple(str(c) for c in choices) if isinstance(choices, list) else None,
+                     str(meta.get("scenario") or ""))
+
+
+def read_json_bench(path: Path, image_root: Path | None = None, split: str | None = None) -> list[BenchItem]:
+    """Every entry of a bench JSON (a list) or JSONL file; relative image paths start at `image_root`."""
+    try:
+        source = JsonSource(path)
+    except DataError as err:
+        raise BenchError(str(err)) from err
+    root = image_root or path.parent
+    return [item_from_entry(source.raw(i), root, split, f"{path}:{source.line(i)}") for i in range(len(source))]
+
+
+def _pyarrow_parquet() -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:
+        raise BenchError("reading a parquet bench needs pyarrow: pip install 'llava-interleave[parquet]'") from err
+    return pq
+
+
+def _parquet_files(folder: Path, split: str) -> list[Path]:
+    """The parquet files of the split's config: a folder or file-name prefix names the config; a folder
+    whose files name no config at all is taken whole."""
+    files = sorted(folder.rglob("*.parquet"))
+    if not files:
+        raise BenchError(f"{folder} holds neither {ORIGINAL_FILES[split]} nor .parquet files")
+
+    def config_of(file: Path) -> str | None:
+        parts = file.relative_to(folder).parts
+        names = [c for c in PARQUET_CONFIGS.values() if c in parts[:-1] or file.stem == c or
+                 file.stem.startswith((c + "-", c + "_"))]
+        return max(names, key=len) if names else None
+
+    configs = {f: config_of(f) for f in files}
+    if not any(configs.values()):
+        return files
+    chosen = [f for f, c in configs.items() if c == PARQUET_CONFIGS[split]]
+    if not chosen:
+        raise BenchError(f"{folder} has no parquet files for config {PARQUET_CONFIGS[split]!r} (split {split})")
+    return chosen
+
+
+def read_parquet_bench(files: list[Path], split: str | None = None) -> list[BenchItem]:
+    """Items of parquet bench files; images are referenced by (file, row group, row, column)."""
+    pq = _pyarrow_parquet()
+    items = []
+    for file in files:
+        parquet = pq.ParquetFile(file)
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group)
+            image_columns = [f"image_{k}" for k in range(MAX_PARQUET_IMAGES) if f"image_{k}" in table.column_names]
+            present = {c: table.column(c).is_valid().to_pylist() for c in image_columns}
+            text = table.drop_columns(image_columns).to_pylist()
+            for row, record in enumerate(text):
+                images = tuple(ParquetImage(str(file), group, row, c) for c in image_columns if present[c][row])
+                items.append(_parquet_item(record, images, split, f"{file} row group {group} row {row}"))
+    return items
+
+
+def _parquet_item(record: dict[str, Any], images: tuple[ImageRef, ...], split: str | None, where: str) -> BenchItem:
+    dataset = str(record.get("sub_task") or record.get("dataset") or "unknown")
+    turns = ((str(record.get("question") or ""), str(record.get("answer") or "")),)
+    if record.get("conversations"):
+        rounds = _turns(record["conversations"], where)
+        turns = rounds if len(rounds) > 1 else turns
+    choices = record.get("choice_list")
+    return BenchItem(str(record.get("sample_id", where)), dataset, place(dataset).category,
+                     _split(split, dataset, record.get("split")), str(record.get("question_type") or "open-ended"),
+                     turns, images, tuple(str(c) for c in choices) if isinstance(choices, list) else None)
+
+
+def read_bench(path: str | Path, split: str | None = None, image_root: str | Path | None = None) -> list[BenchItem]:
+    """The items of a bench: a JSON/JSONL file, a parquet file, or a folder holding the original JSON
+    files or parquet configs (then `split`, default in_domain, picks the file or config)."""
+    path = Path(path).expanduser()
+    split = canonical_split(split)
+    if split is not None and split not in SPLITS:
+        raise BenchError(f"unknown split {split!r}; use in_domain, out_domain or multi_view")
+    root = Path(image_root).expanduser() if image_root else None
+    if path.is_dir():
+        chosen = split or "in_domain"
+        original = path / ORIGINAL_FILES[chosen]
+        if original.is_file():
+            return read_json_bench(original, root, chosen)
+        return read_parquet_bench(_parquet_files(path, chosen), chosen)
+    if not path.is_file():
+        raise BenchError(f"bench not found: {path}")
+    if path.suffix.lower() == ".parquet":
+        return read_parquet_bench([path], split)
+    return read_json_bench(path, root, split)
+
+
+@lru_cache(maxsize=1)
+def _row_group_images(path: str, group: int) -> Any:
+    """The image columns of one row group; items come in file order, so one cached group serves a run."""
+    pq = _pyarrow_parquet()
+    parquet = pq.ParquetFile(path)
+    columns = [c for c in parquet.schema_arrow.names if c.startswith("image_")]
+    return parquet.read_row_group(group, columns=columns)
+
+
+def read_parquet_cell(ref: ParquetImage) -> Image.Image | Path:
+    """A parquet image cell: its decoded bytes, or else the path it holds (relative to the parquet file),
+    which may also name a video or a frame folder."""
+    cell = _row_group_images(ref.path, ref.row_group).column(ref.column)[ref.row].as_py()
+    data = cell.get("bytes") if isinstance(cell, dict) else cell
+    if data:
+        try:
+            return load_image(Image.open(io.BytesIO(data)))
+        except (OSError, ValueError) as err:
+            raise MediaError(f"cannot decode {ref.column} of {ref.path} row {ref.row}: {err}") from err
+    name = cell.get("path") if isinstance(cell, dict) else None
+    if not name:
+        raise MediaError(f"{ref.column} of {ref.path} row {ref.row} holds neither bytes nor a path")
+    return (Path(ref.path).parent / name).absolute()
+
+
+def load_visuals(item: BenchItem, frames: int) -> list[Visual]:
+    """The item's media decoded in slot order: a video path gives `frames` frames in one slot; images of a
+    multi-view item are views of one scene."""
+    kind = Modality.VIEW if item.is_multi_view else Modality.IMAGE
+    visuals = []
+    for ref in item.images:
+        source = read_parquet_cell(ref) if isinstance(ref, ParquetImage) else Path(ref)
+        name = f"{ref.path}:{ref.column}" if isinstance(ref, ParquetImage) else ref
+        if isinstance(source, Image.Image):
+            visuals.append(Visual((source,), kind, name))
+        elif is_video_path(source):
+            visuals.append(Visual(tuple(load_video(source, frames)), Modality.VIDEO, str(source)))
+        else:
+            visuals.append(Visual((load_image(source),), kind, str(source)))
+    return visuals
+
+
+def visuals_per_turn(item: BenchItem, visuals: list[Visual]) -> list[list[Visual]]:
+    """Which visuals each question carries: as many as its `<image>` slots; with no slot anywhere, all of
+    them go with the first question (before its text)."""
+    slots = [question.count(IMAGE_SLOT) for question, _ in item.turns]
+    if sum(slots) == 0:
+        return [visuals] + [[] for _ in item.turns[1:]]
+    if sum(slots) != len(visuals):
+        raise PromptError(f"{item.id}: {sum(slots)} {IMAGE_SLOT} slot(s) but {len(visuals)} image(s)/video(s)")
+    starts = [sum(slots[:k]) for k in range(len(slots))]
+    return [visuals[start : start + count] for start, count in zip(starts, slots)]

@@ -1,0 +1,219 @@
+"""Answer a bench with a model: greedy, batched, turn by turn, resumable, and sharded under torchrun.
+
+Multi-turn samples (multi-view chat) are answered one round at a time with the model's *own* earlier
+answers as history, as the paper evaluates them. Each item's predictions are appended and flushed as soon
+as it is done, so a killed run loses at most the batch in flight and a rerun with the same RUN_DIR skips
+every item already there. A sample that cannot be answered (missing image, slot mismatch, prompt longer
+than the context) is written with an `error` and an empty prediction: it scores 0 and is not retried.
+RUN_DIR/run.json records what shapes the answers (model, template, frames, pooling, tokens), so a rerun
+with other settings cannot silently mix two experiments in one predictions file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..api import Pipeline, load
+from ..data.sample import Sample, Visual
+from ..errors import InterleaveError
+from .bench import BenchItem, load_visuals, read_bench, visuals_per_turn
+from .report import RunInfo, write_report
+from .scoring import Prediction, Protocol, Scores, read_predictions, score
+from .shards import Shard, current_shard, cut_broken_tail, finished_ids, merge
+
+DEFAULT_NEW_TOKENS: dict[str, int] = {"paper": 1024, "harness": 16}  # the authors' cap; the harness's cap
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class EvalSettingsError(InterleaveError):
+    """The run's settings are impossible, or RUN_DIR holds predictions made with other settings."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """One evaluation run, as the `eval` command takes it."""
+
+    model: str
+    bench: str
+    out_dir: Path
+    split: str | None = None
+    protocol: Protocol = "paper"
+    max_new_tokens: int | None = None  # None: the protocol's cap
+    batch_size: int = 1
+    limit: int | None = None
+    datasets: tuple[str, ...] = ()
+    frames: int | None = None  # None: the model's processor default (16)
+    video_pooling: str | None = None
+    template: str = "qwen_1_5"
+    image_root: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        bad = [f"{name} must be at least {low}" for name, value, low in
+               (("--batch-size", self.batch_size, 1), ("--limit", self.limit, 0), ("--frames", self.frames, 1),
+                ("--max-new-tokens", self.max_new_tokens, 1)) if value is not None and value < low]
+        if bad:
+            raise EvalSettingsError("; ".join(bad))
+
+    @property
+    def new_tokens(self) -> int:
+        return self.max_new_tokens or DEFAULT_NEW_TOKENS[self.protocol]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    predictions: Path
+    scores: Scores | None  # None on ranks other than 0
+    report: Path | None = None
+    answered: int = 0  # items this process answered now (not skipped as already done)
+    files: tuple[Path, ...] = field(default_factory=tuple)
+
+
+def select_items(items: Sequence[BenchItem], datasets: Sequence[str] = (), limit: int | None = None) -> list[BenchItem]:
+    """The items of the named datasets (all when none are named), the first `limit` of them."""
+    wanted = {d.lower() for d in datasets}
+    chosen = [it for it in items if not wanted or it.dataset.lower() in wanted]
+    return chosen[:limit] if limit is not None else chosen
+
+
+def turn_messages(item: BenchItem, per_turn: list[list[Visual]], answers: Sequence[str], turn: int) -> list[dict[str, Any]]:
+    """The conversation up to question `turn`, the model's own answers in between."""
+    messages: list[dict[str, Any]] = []
+    for k in range(turn + 1):
+        messages.append({"role": "user", "content": [*per_turn[k], item.turns[k][0]]})
+        if k < turn:
+            messages.append({"role": "assistant", "content": answers[k]})
+    return messages
+
+
+def _generate(pipe: Pipeline, samples: list[Sample], max_new_tokens: int) -> list[str | InterleaveError]:
+    """Greedy answers of a batch; when the batch fails, each sample alone, so one bad sample fails alone."""
+    if not samples:
+        return []
+    try:
+        return [g.text for g in pipe.generate_samples(samples, max_new_tokens=max_new_tokens, temperature=0.0)]
+    except InterleaveError as err:
+        if len(samples) == 1:
+            return [err]
+    return [result for sample in samples for result in _generate(pipe, [sample], max_new_tokens)]
+
+
+def answer_items(pipe: Pipeline, items: Sequence[BenchItem], frames: int, max_new_tokens: int) -> list[list[Prediction]]:
+    """Predictions for every turn of every item, the items' round k answered together as one batch."""
+    per_turn: dict[int, list[list[Visual]]] = {}
+    errors: dict[int, str] = {}
+    for i, item in enumerate(items):
+        try:
+            per_turn[i] = visuals_per_turn(item, load_visuals(item, frames))
+        except InterleaveError as err:
+            errors[i] = str(err)
+    answers: list[list[str]] = [[] for _ in items]
+    for turn in range(max(len(item.turns) for item in items)):
+        samples: dict[int, Sample] = {}
+        for i, item in enumerate(items):
+            if i in errors or turn >= len(item.turns):
+                continue
+            try:
+                samples[i] = pipe.sample(turn_messages(item, per_turn[i], answers[i], turn))
+            except InterleaveError as err:
+                errors[i] = str(err)
+        for i, result in zip(samples, _generate(pipe, list(samples.values()), max_new_tokens)):
+            if isinstance(result, InterleaveError):
+                errors[i] = str(result)
+            else:
+                answers[i].append(result)
+    return [_predictions(item, answers[i], errors.get(i)) for i, item in enumerate(items)]
+
+
+def _predictions(item: BenchItem, answers: list[str], error: str | None) -> list[Prediction]:
+    """One prediction per turn; the turns after a failure carry the error and an empty answer."""
+    return [Prediction(item.id, item.dataset, item.category, item.split, item.question_type,
+                       answers[k] if k < len(answers) else "", answer, k, None if k < len(answers) else error)
+            for k, (_, answer) in enumerate(item.turns)]
+
+
+def load_pipeline(settings: EvalSettings, shard: Shard, pipe: Pipeline | None = None) -> Pipeline:
+    """The model (loaded unless given) with the run's frame count and pooling; under torchrun each rank
+    takes its own GPU."""
+    if pipe is None:
+        device = settings.device
+        if device is None and shard.world > 1 and torch.cuda.is_available():
+            device = f"cuda:{shard.rank % torch.cuda.device_count()}"
+        pipe = load(settings.model, settings.template, device, DTYPES[settings.dtype] if settings.dtype else None)
+    overrides = {"num_frames": settings.frames, "video_pooling": settings.video_pooling}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return pipe.with_processor(**overrides) if overrides else pipe
+
+
+def run_info(settings: EvalSettings, pipe: Pipeline, items: int, world: int) -> RunInfo:
+    proc = pipe.config.processor
+    return RunInfo(settings.bench, settings.model, pipe.processor.template.name,
+                   f"{pipe.config.layout} ({proc.patch_merge}, {proc.image_aspect})", proc.num_frames, proc.video_pooling,
+                   settings.new_tokens, settings.protocol, settings.split or "", items, settings.batch_size, world)
+
+
+def _check_run_dir(out_dir: Path, info: RunInfo, shard: Shard) -> None:
+    """Refuse to mix predictions of other settings into this RUN_DIR; record these settings on first use."""
+    path = out_dir / "run.json"
+    shaping = info.answer_settings()
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in shaping if before.get(k) != shaping[k])
+        if changed:
+            raise EvalSettingsError(f"{out_dir} holds predictions made with other {', '.join(changed)} "
+                              f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}); use another --out")
+    elif shard.rank == 0:
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(shaping, indent=1) + "\n")
+        partial.replace(path)
+
+
+def run_eval(settings: EvalSettings, pipe: Pipeline | None = None) -> EvalResult:
+    """Answer the bench into RUN_DIR/predictions.jsonl (resuming), then (rank 0) score it and write the report."""
+    items = select_items(read_bench(settings.bench, settings.split, settings.image_root), settings.datasets, settings.limit)
+    shard = current_shard()
+    try:
+        pipe = load_pipeline(settings, shard, pipe)
+        info = run_info(settings, pipe, len(items), shard.world)
+        settings.out_dir.mkdir(parents=True, exist_ok=True)
+        _check_run_dir(settings.out_dir, info, shard)
+        done = finished_ids(settings.out_dir)
+        shard.barrier()  # every rank has read what is done before any rank appends
+        todo = [item for item in items[shard.rank :: shard.world] if item.id not in done]
+        answered = _answer_into(pipe, todo, settings, shard.file(settings.out_dir))
+        shard.barrier()
+        if shard.rank != 0:
+            return EvalResult(shard.file(settings.out_dir), None, answered=answered)
+        merged = merge(settings.out_dir, [item.id for item in items])
+        ids = {item.id for item in items}
+        scores = score([p for p in read_predictions(merged) if p.sample_id in ids], settings.protocol)
+        files = write_report(settings.out_dir, scores, info)
+        return EvalResult(merged, scores, files[0], answered, files)
+    finally:
+        shard.close()
+
+
+def _answer_into(pipe: Pipeline, todo: list[BenchItem], settings: EvalSettings, path: Path) -> int:
+    """Answer `todo` batch by batch, appending each item's lines in one flushed write."""
+    cut_broken_tail(path)
+    start = time.perf_counter()
+    frames = pipe.config.processor.num_frames
+    with open(path, "a", encoding="utf-8") as out:
+        for first in range(0, len(todo), settings.batch_size):
+            batch = todo[first : first + settings.batch_size]
+            for item, predictions in zip(batch, answer_items(pipe, batch, frames, settings.new_tokens)):
+                out.write("".join(json.dumps(p.to_json({"question": q}), ensure_ascii=False) + "\n"
+                                  for p, (q, _) in zip(predictions, item.turns)))
+                out.flush()
+            done = first + len(batch)
+            print(f"eval: {done}/{len(todo)} answered, {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return len(todo)
