@@ -18,7 +18,7 @@ import pytest
 from llava_interleave.data.m4 import MediaResolver, open_records, to_sample
 from llava_interleave.data.media import load_image, load_video
 from llava_interleave.data.sample import Modality
-from llava_interleave.data.synth import BACKGROUND, COLOURS, DIRECTIONS, LETTERS, write_synthetic
+from llava_interleave.data.synth import BACKGROUND, COLOURS, DIRECTIONS, GREY, LETTERS, PALETTE, write_synthetic
 
 N, SEED, SIZE = 30, 7, 96
 DATASETS = {"SynthSpotDiff", "SynthWhichMore", "SynthCount", "SynthMotion", "SynthScene3D", "SynthDetail"}
@@ -157,7 +157,7 @@ def test_stored_shapes_are_the_drawn_pixels(synth):
         assert len(shapes) == len(pictures)
         for picture, listed in zip(pictures, shapes):
             for _, colour, x, y, _ in listed:
-                assert tuple(picture[y, x]) == COLOURS[colour], (entry.get("id"), colour, x, y)
+                assert tuple(picture[y, x]) == PALETTE[colour], (entry.get("id"), colour, x, y)
                 checked += 1
     assert checked > 100
 
@@ -243,6 +243,7 @@ def test_small_detail_answers(synth):
         _, colour, x, y, _ = triangles[0]
         assert tuple(picture[y, x]) == COLOURS[colour]
         assert _options(entry)[_answer(entry)] == colour
+        assert all(s[1] == GREY for s in entry["metadata"]["facts"]["shapes"][0] if s[0] != "triangle")
 
 
 def test_multi_choice_answers_are_listed_letters(synth):

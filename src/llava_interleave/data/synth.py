@@ -31,6 +31,8 @@ from PIL import Image, ImageDraw
 
 COLOURS: dict[str, tuple[int, int, int]] = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
                                            "yellow": (235, 200, 30), "purple": (140, 60, 180), "orange": (245, 130, 30)}
+GREY = "grey"  # drawn, never asked about: the clutter around the small detail
+PALETTE = {**COLOURS, GREY: (150, 150, 150)}
 KINDS = ("circle", "square", "triangle")
 BACKGROUND = (245, 245, 245)
 LETTERS = "ABCDEFGH"
@@ -98,7 +100,7 @@ def draw_shapes(size: tuple[int, int], shapes: Sequence[Shape]) -> Image.Image:
     image = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(image)
     for s in shapes:
-        box, fill = (s.x - s.r, s.y - s.r, s.x + s.r, s.y + s.r), COLOURS[s.colour]
+        box, fill = (s.x - s.r, s.y - s.r, s.x + s.r, s.y + s.r), PALETTE[s.colour]
         if s.kind == "circle":
             draw.ellipse(box, fill=fill)
         elif s.kind == "square":
@@ -275,11 +277,12 @@ def multi_view(rng: np.random.Generator, size: int) -> Drawn:
 
 
 def small_detail(rng: np.random.Generator, size: int) -> Drawn:
-    """One large image (3x by 2x the base size) full of small circles and squares and exactly one small
-    triangle; its colour is only legible at full resolution, which is what multi-patch input is for."""
+    """One large image (3x by 2x the base size) cluttered with small grey circles and squares and exactly one
+    small coloured triangle. Squashed to the tower's size the triangle is a pixel or two and its colour a
+    faint tint; cut into patches (anyres) it is legible, which is what multi-patch input is for."""
     cell, width, height = max(size // 6, 8), size * 3, size * 2
     count, colour = int(rng.integers(18, 31)), _colour(rng)
-    specs = [(("circle", "square")[int(rng.integers(2))], _colour(rng)) for _ in range(count)]
+    specs = [(("circle", "square")[int(rng.integers(2))], GREY) for _ in range(count)]
     low, high = max(2, cell // 5), max(3, cell // 3)
     shapes = _place(rng, [("triangle", colour), *specs], _cells(rng, width, height, cell, count + 1), cell, (low, high))
     question, shown, letter = _multi_choice("What colour is the small triangle?", colour, tuple(COLOURS))
