@@ -140,11 +140,11 @@ def test_multi_turn_uses_own_answers_and_a_bad_sample_fails_alone(synth, pipe, t
     monkeypatch.setattr(pipe, "generate_samples", spy)
     result = run_eval(_settings(_multi_turn_bench(synth, tmp_path), tmp_path / "chat", batch_size=2), pipe)
     predictions = {p.key: p for p in read_predictions(result.predictions)}
-    assert set(predictions) == {("chat-0", 0), ("chat-0", 1), ("broken", 0)}
-    assert "image not found" in predictions["broken", 0].error and predictions["chat-0", 1].error is None
+    assert set(predictions) == {("ScanNet_chat", "chat-0", 0), ("ScanNet_chat", "chat-0", 1), ("BLINK", "broken", 0)}
+    assert "image not found" in predictions["BLINK", "broken", 0].error and predictions["ScanNet_chat", "chat-0", 1].error is None
     second_round = seen[-1]
     assert [t.role for t in second_round.turns] == ["user", "assistant", "user"]
-    assert second_round.turns[1].text == predictions["chat-0", 0].prediction      # the model's own answer
+    assert second_round.turns[1].text == predictions["ScanNet_chat", "chat-0", 0].prediction  # the model's own answer
     assert {v.modality for v in second_round.visuals} == {Modality.VIEW}
     assert result.scores.splits.keys() == {"multi_view", "out_domain"} and result.scores.errors == 1
     assert result.scores.datasets["BLINK"] == 0.0
@@ -192,3 +192,12 @@ def test_two_processes_under_torchrun_match_one(synth, original_checkpoint, pipe
     ids = [json.loads(line)["sample_id"] for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert ids == [item.id for item in read_bench(synth / "bench.json")]  # merged in bench order
     assert _answers(out / "predictions.jsonl") == _answers(one.predictions)
+
+
+def test_repeated_ids_stay_apart(tmp_path):
+    entry = {"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}], "image": []}
+    entries = [{**entry, "sample_id": "x", "metadata": {"dataset": d}} for d in ("Mantis", "Mantis", "BLINK")]
+    (tmp_path / "dup.json").write_text(json.dumps(entries))
+    items = read_bench(tmp_path / "dup.json")
+    assert [it.key for it in items] == [("Mantis", "x"), ("Mantis", "x#2"), ("BLINK", "x")]
+    assert [it.split for it in items] == ["out_domain"] * 3 and items[0].turns == (("Q?", "A"),)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,10 @@ class BenchItem:
     images: tuple[ImageRef, ...]
     choice_list: tuple[str, ...] | None = None
     scenario: str = ""  # "multi-view" when the bench says so: those images are views of one scene
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.dataset, self.id
 
     @property
     def is_multi_view(self) -> bool:
@@ -187,10 +191,24 @@ def _parquet_item(record: dict[str, Any], images: tuple[ImageRef, ...], split: s
                      turns, images, tuple(str(c) for c in choices) if isinstance(choices, list) else None)
 
 
+def _unique(items: list[BenchItem]) -> list[BenchItem]:
+    """A repeated (dataset, id) gets "#2", "#3" ... in file order, so resuming and merging, which go by
+    that key, never drop a sample."""
+    seen: dict[tuple[str, str], int] = {}
+    out = []
+    for item in items:
+        seen[item.key] = seen.get(item.key, 0) + 1
+        out.append(item if seen[item.key] == 1 else replace(item, id=f"{item.id}#{seen[item.key]}"))
+    return out
+
+
 def read_bench(path: str | Path, split: str | None = None, image_root: str | Path | None = None) -> list[BenchItem]:
     """The items of a bench: a JSON/JSONL file, a parquet file, or a folder holding the original JSON
     files or parquet configs (then `split`, default in_domain, picks the file or config)."""
-    path = Path(path).expanduser()
+    return _unique(_read(Path(path).expanduser(), split, image_root))
+
+
+def _read(path: Path, split: str | None, image_root: str | Path | None) -> list[BenchItem]:
     split = canonical_split(split)
     if split is not None and split not in SPLITS:
         raise BenchError(f"unknown split {split!r}; use in_domain, out_domain or multi_view")

@@ -27,7 +27,7 @@ from ..errors import InterleaveError
 from .bench import BenchItem, load_visuals, read_bench, visuals_per_turn
 from .report import RunInfo, write_report
 from .scoring import Prediction, Protocol, Scores, read_predictions, score
-from .shards import Shard, current_shard, cut_broken_tail, finished_ids, merge
+from .shards import Shard, current_shard, cut_broken_tail, finished, merge
 
 DEFAULT_NEW_TOKENS: dict[str, int] = {"paper": 1024, "harness": 16}  # the authors' cap; the harness's cap
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -186,16 +186,16 @@ def run_eval(settings: EvalSettings, pipe: Pipeline | None = None) -> EvalResult
         info = run_info(settings, pipe, len(items), shard.world)
         settings.out_dir.mkdir(parents=True, exist_ok=True)
         _check_run_dir(settings.out_dir, info, shard)
-        done = finished_ids(settings.out_dir)
+        done = finished(settings.out_dir)
         shard.barrier()  # every rank has read what is done before any rank appends
-        todo = [item for item in items[shard.rank :: shard.world] if item.id not in done]
+        todo = [item for item in items[shard.rank :: shard.world] if item.key not in done]
         answered = _answer_into(pipe, todo, settings, shard.file(settings.out_dir))
         shard.barrier()
         if shard.rank != 0:
             return EvalResult(shard.file(settings.out_dir), None, answered=answered)
-        merged = merge(settings.out_dir, [item.id for item in items])
-        ids = {item.id for item in items}
-        scores = score([p for p in read_predictions(merged) if p.sample_id in ids], settings.protocol)
+        merged = merge(settings.out_dir, [item.key for item in items])
+        keys = {item.key for item in items}
+        scores = score([p for p in read_predictions(merged) if p.key[:2] in keys], settings.protocol)
         files = write_report(settings.out_dir, scores, info)
         return EvalResult(merged, scores, files[0], answered, files)
     finally:

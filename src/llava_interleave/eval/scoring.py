@@ -48,8 +48,9 @@ class Prediction:
     error: str | None = None
 
     @property
-    def key(self) -> tuple[str, int]:
-        return self.sample_id, self.turn
+    def key(self) -> tuple[str, str, int]:
+        """Sample ids are only unique within a dataset in some benches."""
+        return self.dataset, self.sample_id, self.turn
 
     def to_json(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The line written to predictions.jsonl, in the original evaluation's key names."""

@@ -58,9 +58,14 @@ def prediction_files(out_dir: Path) -> list[Path]:
     return merged + sorted(out_dir.glob("predictions.rank*.jsonl"))
 
 
-def finished_ids(out_dir: Path) -> set[str]:
-    """Samples already answered (or failed) in any predictions file: a rerun skips them."""
-    return {str(line["sample_id"]) for path in prediction_files(out_dir) for line in read_lines(path)}
+def _key(line: dict[str, Any]) -> tuple[str, str]:
+    return str(line["dataset"]), str(line["sample_id"])
+
+
+def finished(out_dir: Path) -> set[tuple[str, str]]:
+    """(dataset, sample id) of the samples already answered (or failed) in any predictions file: a rerun
+    skips them."""
+    return {_key(line) for path in prediction_files(out_dir) for line in read_lines(path)}
 
 
 def cut_broken_tail(path: Path) -> None:
@@ -73,14 +78,14 @@ def cut_broken_tail(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
-def merge(out_dir: Path, order: list[str]) -> Path:
+def merge(out_dir: Path, order: list[tuple[str, str]]) -> Path:
     """Rank 0, after the barrier: every prediction once (first seen wins), in bench order, in one file."""
-    lines: dict[tuple[str, int], dict[str, Any]] = {}
+    lines: dict[tuple[tuple[str, str], int], dict[str, Any]] = {}
     sources = prediction_files(out_dir)
     for path in sources:
         for line in read_lines(path):
-            lines.setdefault((str(line["sample_id"]), int(line.get("turn", 0))), line)
-    position = {sample_id: k for k, sample_id in enumerate(order)}
+            lines.setdefault((_key(line), int(line.get("turn", 0))), line)
+    position = {key: k for k, key in enumerate(order)}
     ordered = sorted(lines.items(), key=lambda kv: (position.get(kv[0][0], len(order)), kv[0][1]))
     target, partial = out_dir / MERGED, out_dir / (MERGED + ".tmp")
     partial.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for _, line in ordered), encoding="utf-8")
