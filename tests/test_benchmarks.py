@@ -28,3 +28,8 @@ def test_data_pipeline_runs():
 def test_train_packing_runs():
     out = _run("benchmarks/train_packing.py", "--n", "16", "--steps", "2", "--batch-size", "4")
     assert "packing / padding:" in out and "| packing |" in out
+
+
+def test_serve_load_runs():
+    out = _run("benchmarks/serve_load.py", "--requests", "6", "--seconds", "20", "--max-tokens", "3", "--concurrency", "1", "3")
+    assert "| clients |" in out and "| 3, --max-batch 1 |" in out and "--max-batch 4 vs 1:" in out

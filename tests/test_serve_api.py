@@ -26,6 +26,7 @@ from llava_interleave.data.media import load_video
 from llava_interleave.data.sample import Modality, Visual
 from llava_interleave.serve.app import create_app
 from llava_interleave.serve.settings import Limits, ServeSettings
+from llava_interleave.serve.text import TextStream
 
 LIMITS = Limits(max_body_bytes=1_000_000, max_images=4, max_frames=8, max_image_pixels=200 * 200)
 
@@ -127,6 +128,17 @@ def test_stop_strings_cut_the_answer(client, pipe):
     assert answer.choices[0].message.content == expected and answer.choices[0].finish_reason == "stop"
     streamed = ask(client, user({"type": "text", "text": "the cat sat on the mat."}), max_tokens=24, stop=stop, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected
+
+
+def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
+    chars = {0: "\ufffd"}  # an id that decodes to half a character until the next one completes it
+    stream = TextStream(lambda ids: "".join(chars.get(i, chr(i)) for i in ids).replace("\ufffd" + "!", "é"), ["END"])
+    pieces = [stream.push(ord(c)) for c in "abEN"] + [stream.push(0), stream.push(ord("!"))]
+    assert pieces == ["a", "b", "", "", "", "ENé"] and not stream.stopped
+    assert [stream.push(ord(c)) for c in "xEND"] == ["x", "", "", ""] and stream.stopped
+    assert stream.text == "abENéx" and stream.flush() == ""
+    tail = TextStream(lambda ids: "".join(map(chr, ids)), ["END"])
+    assert [tail.push(ord(c)) for c in "aEN"] == ["a", "", ""] and tail.flush() == "EN"
 
 
 def _busy(url: str, worker) -> threading.Thread:
