@@ -24,6 +24,7 @@ from PIL import Image
 from llava_interleave.api import load
 from llava_interleave.data.media import load_video
 from llava_interleave.data.sample import Modality, Visual
+from llava_interleave.errors import InterleaveError
 from llava_interleave.serve.app import create_app
 from llava_interleave.serve.settings import Limits, ServeSettings
 from llava_interleave.serve.text import TextStream
@@ -141,24 +142,13 @@ def test_text_stream_holds_back_partial_characters_and_stop_prefixes():
     assert [tail.push(ord(c)) for c in "aEN"] == ["a", "", ""] and tail.flush() == "EN"
 
 
-def _busy(url: str, worker) -> threading.Thread:
-    """A long greedy request (most of the context) that keeps the worker busy; returns once it is running."""
-    body = {"messages": said("Describe the video."), "max_tokens": 4000}
-    thread = threading.Thread(target=lambda: httpx.post(url + "/v1/chat/completions", json=body, timeout=60), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while worker.running == 0:
-        assert time.monotonic() < deadline, "the long request never started"
-        time.sleep(0.01)
-    return thread
-
-
 def test_concurrent_requests_are_batched_and_not_mixed_up(client, served, pipe):
     prompts = [f"{word} How many views show a chair?" for word in ("cat", "mat", "red", "blue", "ball", "left", "the", "3")]
     expected = [alone(pipe, user(p), 6 + i) for i, p in enumerate(prompts)]
     assert len(set(expected)) > 4, "the prompts should give different answers"
     before = sum(n for size, n in served[1].batch_sizes.items() if size > 1)
-    blocker = _busy(*served)  # the eight queue behind it, so they batch
+    blocker = ask(client, said("Describe the video."), max_tokens=1000, stream=True)
+    next(iter(blocker))  # a long answer is running: the eight queue behind it, so they batch
     answers: list[str | None] = [None] * len(prompts)
 
     def one(i: int) -> None:
@@ -172,7 +162,7 @@ def test_concurrent_requests_are_batched_and_not_mixed_up(client, served, pipe):
     assert answers == expected
     assert sum(n for size, n in served[1].batch_sizes.items() if size > 1) > before, served[1].batch_sizes
     assert max(served[1].batch_sizes) <= 4
-    blocker.join(timeout=60)
+    blocker.close()
 
 
 def test_disconnect_cancels_the_generation(client, served):
@@ -306,3 +296,21 @@ def test_full_queue_gets_429_and_a_late_answer_504(pipe):
         quick = httpx.post(url + "/v1/chat/completions", json={"messages": said("hi"), "max_tokens": 3}, timeout=30)
         assert quick.status_code == 200
         assert worker.served["timeout"] >= 2
+
+
+def test_command_line_options_become_settings(monkeypatch, tmp_path):
+    from llava_interleave.cli import COMMANDS, build_parser
+    from llava_interleave.serve.command import settings_from_args
+
+    assert "serve" in COMMANDS
+    args = build_parser().parse_args(["serve", "--model", str(tmp_path / "ckpt"), "--max-batch", "2", "--queue-size", "3",
+                                      "--timeout", "5", "--max-body-mb", "1", "--max-images", "2", "--file-root", str(tmp_path)])
+    assert args.host == "127.0.0.1" and args.port == 8000
+    monkeypatch.setenv("LLAVA_INTERLEAVE_API_KEY", "from-env")
+    settings = settings_from_args(args)
+    assert (settings.model_name, settings.api_key, settings.max_batch, settings.queue_size, settings.timeout_s) == (
+        "ckpt", "from-env", 2, 3, 5.0)
+    assert settings.limits.max_body_bytes == 2**20 and settings.limits.max_images == 2 and settings.file_root == tmp_path
+    assert not settings.allow_remote_urls
+    with pytest.raises(InterleaveError, match="max-batch"):
+        settings_from_args(build_parser().parse_args(["serve", "--model", "m", "--max-batch", "0"]))

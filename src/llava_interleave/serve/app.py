@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -143,7 +144,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def require_key(api_key: str | None):  # noqa: ANN201 - a FastAPI dependency
+def require_key(api_key: str | None) -> Any:
     """A dependency that checks `Authorization: Bearer KEY` in constant time (no key set: everyone passes)."""
 
     async def check(request: Request) -> None:
@@ -175,9 +176,7 @@ def create_app(pipe: Pipeline, settings: ServeSettings) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, object]:
-        worker = server.worker
-        return {"status": "ok", "model": settings.model_name, "queued": worker.queued, "running": worker.running,
-                "served": dict(worker.served), "batch_sizes": dict(worker.batch_sizes)}
+        return {"status": "ok", "model": settings.model_name, **server.worker.stats()}
 
     @app.get("/v1/models", dependencies=[auth])
     async def models() -> dict[str, object]:

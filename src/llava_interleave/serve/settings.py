@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InterleaveError
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -30,3 +32,8 @@ class ServeSettings:
     queue_size: int = 64  # requests waiting (not running) before new ones get 429
     timeout_s: float = 120.0  # from arrival to the last token; past it the request gets 504
     limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.queue_size < 1 or self.timeout_s <= 0:
+            raise InterleaveError(f"--max-batch and --queue-size must be at least 1 and --timeout positive, got "
+                                  f"{self.max_batch}, {self.queue_size}, {self.timeout_s}")

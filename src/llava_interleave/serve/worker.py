@@ -90,6 +90,12 @@ class Worker:
     def queued(self) -> int:
         return len(self._waiting)
 
+    def stats(self) -> dict[str, object]:
+        """A consistent snapshot for /health (the worker thread updates the counters)."""
+        with self._cond:
+            return {"queued": len(self._waiting), "running": self.running, "served": dict(self.served),
+                    "batch_sizes": dict(self.batch_sizes)}
+
     def start(self) -> None:
         self._thread.start()
 
@@ -109,8 +115,9 @@ class Worker:
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:
-            self.running = len(batch)
-            self.batch_sizes[len(batch)] += 1
+            with self._cond:
+                self.running = len(batch)
+                self.batch_sizes[len(batch)] += 1
             try:
                 self._generate(batch)
             except Exception as err:  # the model failed on this batch: answer its jobs, keep serving
@@ -181,7 +188,8 @@ class Worker:
         return "length" if len(stream.ids) >= job.max_tokens else None
 
     def _finish(self, job: Job, stream: TextStream, finish: str) -> None:
-        self.served[finish] += 1
+        with self._cond:
+            self.served[finish] += 1
         if finish in ("stop", "length"):
             rest = stream.flush()
             if rest:
