@@ -12,13 +12,10 @@ import struct
 import threading
 import time
 import zlib
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from .conftest import random_image, write_clip
-from .live_server import running
 from PIL import Image
 
 from llava_interleave.api import load
@@ -28,6 +25,9 @@ from llava_interleave.errors import InterleaveError
 from llava_interleave.serve.app import create_app
 from llava_interleave.serve.settings import Limits, ServeSettings
 from llava_interleave.serve.text import TextStream
+
+from .conftest import random_image, write_clip
+from .live_server import running
 
 LIMITS = Limits(max_body_bytes=1_000_000, max_images=4, max_frames=8, max_image_pixels=200 * 200)
 

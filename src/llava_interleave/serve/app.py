@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +89,13 @@ class Server:
 
     async def complete(self, job: Job, request: Request, request_id: str) -> Response:
         pieces: list[str] = []
-        async for event in self.events(job, request):
-            pieces.append(event.text)
-            if event.finish is not None:
-                body = completion_body(request_id, self.settings.model_name, "".join(pieces), event.finish,
-                                       len(job.encoded), event.completion_tokens)
-                return JSONResponse(body)
+        async with aclosing(self.events(job, request)) as events:
+            async for event in events:
+                pieces.append(event.text)
+                if event.finish is not None:
+                    body = completion_body(request_id, self.settings.model_name, "".join(pieces), event.finish,
+                                           len(job.encoded), event.completion_tokens)
+                    return JSONResponse(body)
         return Response(status_code=499)  # the client left; nobody reads this
 
     async def stream(self, job: Job, request: Request, request_id: str, include_usage: bool) -> Response:
