@@ -185,11 +185,11 @@ def test_which_has_more_answers(synth):
     _, train, bench = synth
     for entry in _by(train + bench, "SynthWhichMore"):
         facts = entry["metadata"]["facts"]
-        counts = [sum(shape[0] == facts["kind"] for shape in image) for image in facts["shapes"]]
+        counts = [sum(shape[1] == facts["colour"] for shape in image) for image in facts["shapes"]]
         assert len(set(counts)) == len(counts)  # a unique winner
         best = counts.index(max(counts))
         assert _options(entry)[_answer(entry)] == f"Image {best + 1}"
-        assert f"most {facts['kind']}s" in _human(entry)
+        assert f"most {facts['colour']} shapes" in _human(entry)
 
 
 def test_count_answers(synth):
@@ -229,7 +229,7 @@ def test_multi_view_answers(synth):
         views = [[(k, c, x + offset, y) for k, c, x, y, _ in view] for offset, view in zip(facts["offsets"], facts["shapes"])]
         seen = {shape for view in views for shape in view}  # back in scene coordinates: one per object
         assert len(seen) == len(facts["objects"])  # every object is whole in at least one view
-        assert _options(entry)[_answer(entry)] == str(sum(kind == facts["kind"] for kind, *_ in seen))
+        assert _options(entry)[_answer(entry)] == str(sum(colour == facts["colour"] for _, colour, *_ in seen))
         assert _human(entry).count("<image>") == len(views) >= 2
         sightings, unique = sightings + sum(map(len, views)), unique + len(seen)
     assert sightings > unique  # views overlap: some objects show in several views and must not be counted twice

@@ -10,15 +10,17 @@ from typing import Any, TextIO
 import torch
 
 from .api import Pipeline, image_visual, load, video_visual
+from .assets import bundled_model
 from .data.sample import Modality, Visual
 from .model.checkpoint import load_model, save_checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _load(model: str, template: str, device: str | None, dtype: str | None, pooling: str | None) -> Pipeline:
-    pipe = load(model, template, device, DTYPES[dtype] if dtype else None)
-    return pipe.with_processor(video_pooling=pooling) if pooling else pipe
+def load_for(args: Any) -> Pipeline:
+    """The pipeline the command-line options ask for; without --model, the bundled model."""
+    pipe = load(args.model or bundled_model(), args.template, args.device, DTYPES[args.dtype] if args.dtype else None)
+    return pipe.with_processor(video_pooling=args.video_pooling) if args.video_pooling else pipe
 
 
 def _sampling(args: Any) -> dict[str, Any]:
@@ -27,7 +29,7 @@ def _sampling(args: Any) -> dict[str, Any]:
 
 def generate(args: Any, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    pipe = _load(args.model, args.template, args.device, args.dtype, args.video_pooling)
+    pipe = load_for(args)
     frames = args.frames or pipe.config.processor.num_frames
     content: list[Any] = [{"type": "image", "image": p} for p in args.image]
     content += [{"type": "view", "image": p} for p in args.views]
@@ -56,7 +58,7 @@ def chat(args: Any, stdin: TextIO | None = None, out: TextIO | None = None) -> i
     stdin, out = stdin or sys.stdin, out or sys.stdout
     from .errors import InterleaveError
 
-    pipe = _load(args.model, args.template, args.device, args.dtype, args.video_pooling)
+    pipe = load_for(args)
     out.write(CHAT_HELP + "\n")
     history: list[dict[str, Any]] = []
     pending: list[Visual] = []

@@ -6,10 +6,10 @@ bench score, a broken pipeline a flat one.
 
 Six tasks, one `dataset` name each, cover the four scenarios and both question types:
   SynthSpotDiff   multi-image  open-ended    what changed between two images
-  SynthWhichMore  multi-image  multi-choice  which of 2-4 images holds the most of a shape
+  SynthWhichMore  multi-image  multi-choice  which of 2-4 images holds the most shapes of a colour
   SynthCount      multi-image  open-ended    how many of a shape across 2-4 images
   SynthMotion     video        multi-choice  in which direction the named shape moves
-  SynthScene3D    multi-view   multi-choice  how many of a shape in one scene seen in 2-4 views (1-4)
+  SynthScene3D    multi-view   multi-choice  how many objects of a colour in one scene seen in 2-4 views (1-4)
   SynthDetail     multi-patch  multi-choice  the colour of the one small triangle in a large image
 
 Every entry keeps what was drawn under `metadata["facts"]` (shapes as `[kind, colour, x, y, r]`: centre and
@@ -199,17 +199,30 @@ def _images_with(rng: np.random.Generator, size: int, kind: str, counts: Sequenc
     return images
 
 
+def _coloured(rng: np.random.Generator, size: int, colour: str, counts: Sequence[int]) -> list[list[Shape]]:
+    """One shape list per image: `counts[i]` shapes of `colour` plus 0-3 of other colours, random kinds."""
+    cell = size // 4
+    images = []
+    for count in counts:
+        specs = [(KINDS[int(rng.integers(3))], colour) for _ in range(count)]
+        specs += [(KINDS[int(rng.integers(3))], _colour(rng, [colour])) for _ in range(int(rng.integers(0, 4)))]
+        images.append(_place(rng, specs, _cells(rng, size, size, cell, len(specs)), cell, _radius(cell)))
+    return images
+
+
 def which_has_more(rng: np.random.Generator, size: int) -> Drawn:
-    """2-4 images with different numbers of one kind; which holds the most (multi-choice)."""
-    k, kind = int(rng.integers(2, 5)), KINDS[int(rng.integers(3))]
+    """2-4 images with different numbers of shapes of one colour; which holds the most (multi-choice).
+    Colour, not kind, is asked: a shape is a few pixels wide at a small tower's resolution, and its colour
+    survives that where its outline does not."""
+    k, colour = int(rng.integers(2, 5)), _colour(rng)
     counts = [int(c) for c in rng.choice(6, size=k, replace=False)]
-    images = _images_with(rng, size, kind, counts)
+    images = _coloured(rng, size, colour, counts)
     best, labels = counts.index(max(counts)), [f"Image {i + 1}" for i in range(k)]
-    question, shown, letter = _multi_choice(f"Which image has the most {kind}s?", labels[best], labels)
-    facts = {"kind": kind, "counts": counts, "shapes": images}
+    question, shown, letter = _multi_choice(f"Which image has the most {colour} shapes?", labels[best], labels)
+    facts = {"colour": colour, "counts": counts, "shapes": images}
     pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
     return Drawn("SynthWhichMore", "which_has_more", "multi-image", question, letter, pictures, shown, facts,
-                 "Compare the images and pick the one with the most shapes of the given kind.")
+                 "Compare the images and pick the one with the most shapes of the given colour.")
 
 
 def count_across(rng: np.random.Generator, size: int) -> Drawn:
@@ -256,10 +269,10 @@ def motion(rng: np.random.Generator, size: int) -> Drawn:
 def multi_view(rng: np.random.Generator, size: int) -> Drawn:
     """One scene wider than a view, seen by 2-4 views panned across it; neighbouring views overlap by at
     least a quarter view, so each object is whole in some view and several show the same object."""
-    cell, k, kind, width = size // 4, int(rng.integers(2, 5)), KINDS[int(rng.integers(3))], size * 7 // 4
-    count, others = int(rng.choice(SCENE_COUNTS)), [x for x in KINDS if x != kind]
-    specs = [(kind, _colour(rng)) for _ in range(count)]
-    specs += [(others[int(rng.integers(2))], _colour(rng)) for _ in range(int(rng.integers(1, 5)))]
+    cell, k, colour, width = size // 4, int(rng.integers(2, 5)), _colour(rng), size * 7 // 4
+    count = int(rng.choice(SCENE_COUNTS))
+    specs = [(KINDS[int(rng.integers(3))], colour) for _ in range(count)]
+    specs += [(KINDS[int(rng.integers(3))], _colour(rng, [colour])) for _ in range(int(rng.integers(1, 5)))]
     low, high = _radius(cell)
     cap = (2 * size - width - 1) // 2  # an object 2r+1 wide fits in the overlap of neighbouring views
     objects = _place(rng, specs, _cells(rng, width, size, cell, len(specs)), cell, (min(low, cap), min(high, cap)))
@@ -270,21 +283,24 @@ def multi_view(rng: np.random.Generator, size: int) -> Drawn:
               if o <= s.x - s.r and s.x + s.r < o + size] for o in offsets]  # the objects whole in each view
     question, shown, letter = _multi_choice(
         f"The {k} images are views of one scene from different positions; an object can appear in several "
-        f"views. How many {kind}s are in the scene?", str(count), tuple(str(c) for c in SCENE_COUNTS))
-    facts = {"kind": kind, "count": count, "offsets": offsets, "objects": objects, "shapes": views}
+        f"views. How many {colour} objects are in the scene?", str(count), tuple(str(c) for c in SCENE_COUNTS))
+    facts = {"colour": colour, "count": count, "offsets": offsets, "objects": objects, "shapes": views}
     return Drawn("SynthScene3D", "multi_view_count", "multi-view", question, letter, pictures, shown, facts,
-                 "Combine the views of the scene and count the objects of the given kind once each.")
+                 "Combine the views of the scene and count the objects of the given colour once each.")
 
 
 def small_detail(rng: np.random.Generator, size: int) -> Drawn:
     """One large image (3x by 2x the base size) cluttered with small grey circles and squares and exactly one
-    small coloured triangle. Squashed to the tower's size the triangle is a pixel or two and its colour a
-    faint tint; cut into patches (anyres) it is legible, which is what multi-patch input is for."""
+    coloured triangle, a little larger than the clutter. Squashed to the tower's size the triangle is a pixel
+    or two and its colour a faint tint; cut into patches (anyres) it is legible, which is what multi-patch
+    input is for."""
     cell, width, height = max(size // 6, 8), size * 3, size * 2
     count, colour = int(rng.integers(18, 31)), _colour(rng)
     specs = [(("circle", "square")[int(rng.integers(2))], GREY) for _ in range(count)]
-    low, high = max(2, cell // 5), max(3, cell // 3)
-    shapes = _place(rng, [("triangle", colour), *specs], _cells(rng, width, height, cell, count + 1), cell, (low, high))
+    centres = _cells(rng, width, height, cell, count + 1)
+    big = (max(3, round(cell * 0.35)), max(4, round(cell * 0.45)))  # a third of a cell wider than the clutter
+    shapes = _place(rng, [("triangle", colour)], centres[:1], cell, big)
+    shapes += _place(rng, specs, centres[1:], cell, (max(2, cell // 5), max(3, cell // 3)))
     question, shown, letter = _multi_choice("What colour is the small triangle?", colour, tuple(COLOURS))
     facts = {"colour": colour, "triangle": shapes[0], "shapes": [shapes]}
     return Drawn("SynthDetail", "small_detail", "multi-patch", question, letter,

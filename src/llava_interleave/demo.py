@@ -1,0 +1,56 @@
+"""`llava-interleave demo`: a model (the bundled one by default) on one example of each scenario.
+
+The examples are the held-out synthetic items shipped in `assets/demo` (drawn with a seed no training run
+used), so each answer can be shown next to the true one: several images, a video, the views of a 3D
+scene and one large image cut into patches.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any, TextIO
+
+from .api import Pipeline
+from .assets import DEMO_BENCH
+from .eval.bench import BenchItem, read_bench
+from .eval.runner import answer_items
+
+OPTION = re.compile(r"^\(([A-H])\) (.+)$", re.MULTILINE)
+
+
+def _with_option(item: BenchItem, answer: str) -> str:
+    """A multi-choice letter followed by its option's text, so the reader need not look it up."""
+    options = dict(OPTION.findall(item.turns[0][0]))
+    letter = answer.strip()[:1]
+    return f"{answer.strip()} ({options[letter]})" if item.question_type == "multi-choice" and letter in options else answer.strip()
+
+
+def _question(item: BenchItem) -> str:
+    """The question without its option lines and answer-format suffix, one line."""
+    text = OPTION.sub("", item.turns[0][0]).replace("<image>", "[image]")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Answer with")]
+    return " ".join(lines)
+
+
+def run_demo(pipe: Pipeline, out: TextIO, max_new_tokens: int = 32) -> int:
+    """Answer every demo item and print question, answer and truth; returns how many matched the truth."""
+    items = read_bench(DEMO_BENCH)
+    predictions = answer_items(pipe, items, pipe.config.processor.num_frames, max_new_tokens)
+    matched = 0
+    for item, (prediction, *_) in zip(items, predictions):
+        answer = f"error: {prediction.error}" if prediction.error else prediction.prediction
+        same = answer.strip().lower().rstrip(".") == prediction.answer.strip().lower().rstrip(".")
+        matched += same
+        out.write(f"[{item.scenario}] {item.dataset}: {_question(item)}\n"
+                  f"  model: {_with_option(item, answer)}\n"
+                  f"  truth: {_with_option(item, prediction.answer)}{'  (same)' if same else ''}\n\n")
+    out.write(f"{matched} of {len(items)} answers equal the truth\n")
+    return matched
+
+
+def demo(args: Any, out: TextIO | None = None) -> int:
+    from .commands import load_for
+
+    run_demo(load_for(args), out or sys.stdout, args.max_new_tokens)
+    return 0
