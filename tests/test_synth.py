@@ -18,10 +18,11 @@ import pytest
 from llava_interleave.data.m4 import MediaResolver, open_records, to_sample
 from llava_interleave.data.media import load_image, load_video
 from llava_interleave.data.sample import Modality
-from llava_interleave.data.synth import BACKGROUND, COLOURS, DIRECTIONS, GREY, LETTERS, PALETTE, write_synthetic
+from llava_interleave.data.shapes import BACKGROUND, COLOURS, GREY, PALETTE
+from llava_interleave.data.synth import DIRECTIONS, LETTERS, write_synthetic
 
 N, SEED, SIZE = 30, 7, 96
-DATASETS = {"SynthSpotDiff", "SynthWhichMore", "SynthCount", "SynthMotion", "SynthScene3D", "SynthDetail"}
+DATASETS = {"SynthSpotDiff", "SynthWhichMore", "SynthCount", "SynthMotion", "SynthScene3D", "SynthDetail", "SynthDescribe"}
 SCENARIO_MODALITY = {"multi-image": Modality.IMAGE, "video": Modality.VIDEO, "multi-view": Modality.VIEW,
                      "multi-patch": Modality.PATCHES}
 
@@ -246,6 +247,20 @@ def test_small_detail_answers(synth):
         assert all(s[1] == GREY for s in entry["metadata"]["facts"]["shapes"][0] if s[0] != "triangle")
 
 
+def test_describe_answers(synth):
+    out, train, bench = synth
+    places = {(0, 0): "at the top left", (1, 1): "in the centre", (2, 2): "at the bottom right", (0, 1): "at the middle left"}
+    for entry, pictures in _still_pictures(out, _by(train + bench, "SynthDescribe")):
+        cell = entry["metadata"]["facts"]["cell"]
+        for i, (picture, shapes) in enumerate(zip(pictures, entry["metadata"]["facts"]["shapes"])):
+            sentence = _answer(entry).split(f"Image {i + 1}: ")[1].split(".")[0]
+            assert sentence.count(" a ") + sentence.startswith("a ") == len(shapes)
+            for kind, colour, x, y, _ in shapes:
+                assert tuple(picture[y, x]) == COLOURS[colour] and f"a {colour} {kind}" in sentence
+                where = places.get((x // cell, y // cell))
+                assert where is None or f"a {colour} {kind} {where}" in sentence
+
+
 def test_multi_choice_answers_are_listed_letters(synth):
     _, train, bench = synth
     letters = Counter()
@@ -281,7 +296,7 @@ def test_bench_is_held_out(synth):
 
 
 def test_summary_and_sizes(tmp_path):
-    summary = write_synthetic(tmp_path, 6, 3, bench_n=6, image_size=64)
+    summary = write_synthetic(tmp_path, 7, 3, bench_n=7, image_size=64)
     assert summary.train_counts == {name: 1 for name in DATASETS} == summary.bench_counts
     assert str(summary.train_json) in str(summary)
     train = json.loads(summary.train_json.read_text())

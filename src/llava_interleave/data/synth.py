@@ -4,13 +4,14 @@ Why: the whole pipeline (loading, training, evaluation, scoring) should run offl
 that mean something. Shapes drawn from a seed have exactly known answers: a model that learns shows a rising
 bench score, a broken pipeline a flat one.
 
-Six tasks, one `dataset` name each, cover the four scenarios and both question types:
+Seven tasks, one `dataset` name each, cover the four scenarios and both question types:
   SynthSpotDiff   multi-image  open-ended    what changed between two images
   SynthWhichMore  multi-image  multi-choice  which of 2-4 images holds the most shapes of a colour
   SynthCount      multi-image  open-ended    how many of a shape across 2-4 images
   SynthMotion     video        multi-choice  in which direction the named shape moves
   SynthScene3D    multi-view   multi-choice  how many objects of a colour in one scene seen in 2-4 views (1-4)
   SynthDetail     multi-patch  multi-choice  the colour of the one small triangle in a large image
+  SynthDescribe   multi-image  open-ended    every shape of two images: colour, kind and place (caption-like)
 
 Every entry keeps what was drawn under `metadata["facts"]` (shapes as `[kind, colour, x, y, r]`: centre and
 half-size in pixels of that image) to re-derive answers from. The same seed gives byte-identical JSON.
@@ -23,39 +24,31 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import av
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-COLOURS: dict[str, tuple[int, int, int]] = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-                                           "yellow": (235, 200, 30), "purple": (140, 60, 180), "orange": (245, 130, 30)}
-GREY = "grey"  # drawn, never asked about: the clutter around the small detail
-PALETTE = {**COLOURS, GREY: (150, 150, 150)}
-KINDS = ("circle", "square", "triangle")
-BACKGROUND = (245, 245, 245)
+from .shapes import (
+    COLOURS,
+    GREY,
+    KINDS,
+    Shape,
+    distinct_specs,
+    draw_shapes,
+    grid_cells,
+    pick_colour,
+    place,
+    radius_range,
+)
+
 LETTERS = "ABCDEFGH"
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 BENCH_SEED_OFFSET = 1_000_003  # the bench's own seed stream, far from any train seed a person would pick
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
 NUMBER_SUFFIX = "Answer with a single number."
 SCENE_COUNTS = (1, 2, 3, 4)  # the options of the multi-view count question
-
-
-class Shape(NamedTuple):
-    """One filled shape: centre (x, y) and half-size r in pixels of the image it is drawn on; a tuple so
-    that it goes into the JSON facts as the list `[kind, colour, x, y, r]`."""
-
-    kind: str
-    colour: str
-    x: int
-    y: int
-    r: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.colour} {self.kind}"
 
 
 @dataclass(frozen=True)
@@ -95,60 +88,6 @@ class SynthSummary:
                           f"{self.bench_json} ({sum(self.bench_counts.values())} samples)", *rows])
 
 
-def draw_shapes(size: tuple[int, int], shapes: Sequence[Shape]) -> Image.Image:
-    """An RGB picture of the shapes on a flat background, later shapes on top."""
-    image = Image.new("RGB", size, BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    for s in shapes:
-        box, fill = (s.x - s.r, s.y - s.r, s.x + s.r, s.y + s.r), PALETTE[s.colour]
-        if s.kind == "circle":
-            draw.ellipse(box, fill=fill)
-        elif s.kind == "square":
-            draw.rectangle(box, fill=fill)
-        else:  # an upward triangle; its centre (x, y) lies inside it
-            draw.polygon([(s.x, s.y - s.r), (s.x - s.r, s.y + s.r), (s.x + s.r, s.y + s.r)], fill=fill)
-    return image
-
-
-def _cells(rng: np.random.Generator, width: int, height: int, cell: int, count: int) -> list[tuple[int, int]]:
-    """Centres of `count` distinct grid cells: shapes that stay inside their cell never overlap, so no
-    collision test is needed."""
-    cols, rows = width // cell, height // cell
-    if count > cols * rows:
-        raise ValueError(f"{count} shapes do not fit a {cols}x{rows} grid")
-    left, top = (width - cols * cell) // 2, (height - rows * cell) // 2
-    picks = rng.choice(cols * rows, size=count, replace=False)
-    return [(left + int(p % cols) * cell + cell // 2, top + int(p // cols) * cell + cell // 2) for p in picks]
-
-
-def _place(rng: np.random.Generator, specs: Sequence[tuple[str, str]], centres: Sequence[tuple[int, int]],
-           cell: int, radius: tuple[int, int]) -> list[Shape]:
-    """Shapes of the given (kind, colour) at the cell centres, each with a random size and a jitter that
-    keeps it inside its cell."""
-    shapes = []
-    for (kind, colour), (cx, cy) in zip(specs, centres):
-        r = int(rng.integers(radius[0], radius[1] + 1))
-        room = max(cell // 2 - r - 1, 0)
-        dx, dy = (int(v) for v in rng.integers(-room, room + 1, size=2))
-        shapes.append(Shape(kind, colour, cx + dx, cy + dy, r))
-    return shapes
-
-
-def _radius(cell: int) -> tuple[int, int]:
-    return max(2, round(cell * 0.28)), max(3, round(cell * 0.42))
-
-
-def _distinct_specs(rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
-    """`count` different (kind, colour) pairs, so "the red circle" names one shape."""
-    pairs = [(k, c) for k in KINDS for c in COLOURS]
-    return [pairs[i] for i in rng.choice(len(pairs), size=count, replace=False)]
-
-
-def _colour(rng: np.random.Generator, exclude: Sequence[str] = ()) -> str:
-    options = [c for c in COLOURS if c not in exclude]
-    return options[int(rng.integers(len(options)))]
-
-
 def _multi_choice(question: str, correct: str, options: Sequence[str]) -> tuple[str, tuple[str, ...], str]:
     """The question with its options lettered (A), (B), ... in the given fixed order, and the correct letter.
 
@@ -164,8 +103,8 @@ def _multi_choice(question: str, correct: str, options: Sequence[str]) -> tuple[
 def spot_difference(rng: np.random.Generator, size: int) -> Drawn:
     """Two images, the second with one shape added, removed or recoloured."""
     cell, count = size // 4, int(rng.integers(3, 7))
-    specs = _distinct_specs(rng, count + 1)
-    placed = _place(rng, specs, _cells(rng, size, size, cell, count + 1), cell, _radius(cell))
+    specs = distinct_specs(rng, count + 1)
+    placed = place(rng, specs, grid_cells(rng, size, size, cell, count + 1), cell, radius_range(cell))
     first, extra = placed[:count], placed[count]
     change, index = ("added", "removed", "recoloured")[int(rng.integers(3))], int(rng.integers(count))
     target = first[index]
@@ -177,7 +116,7 @@ def spot_difference(rng: np.random.Generator, size: int) -> Drawn:
     elif change == "removed":
         second, answer = first[:index] + first[index + 1:], f"The {target.name} was removed in the second image."
     else:
-        new = Shape(target.kind, _colour(rng, taken), target.x, target.y, target.r)
+        new = Shape(target.kind, pick_colour(rng, taken), target.x, target.y, target.r)
         second = [*first[:index], new, *first[index + 1:]]
         answer, extra = f"The {target.name} turned {new.colour} in the second image.", new
     facts = {"change": change, "kind": target.kind, "colour": target.colour,
@@ -193,9 +132,9 @@ def _images_with(rng: np.random.Generator, size: int, kind: str, counts: Sequenc
     cell, others = size // 4, [k for k in KINDS if k != kind]
     images = []
     for count in counts:
-        specs = [(kind, _colour(rng)) for _ in range(count)]
-        specs += [(others[int(rng.integers(2))], _colour(rng)) for _ in range(int(rng.integers(0, 4)))]
-        images.append(_place(rng, specs, _cells(rng, size, size, cell, len(specs)), cell, _radius(cell)))
+        specs = [(kind, pick_colour(rng)) for _ in range(count)]
+        specs += [(others[int(rng.integers(2))], pick_colour(rng)) for _ in range(int(rng.integers(0, 4)))]
+        images.append(place(rng, specs, grid_cells(rng, size, size, cell, len(specs)), cell, radius_range(cell)))
     return images
 
 
@@ -205,8 +144,8 @@ def _coloured(rng: np.random.Generator, size: int, colour: str, counts: Sequence
     images = []
     for count in counts:
         specs = [(KINDS[int(rng.integers(3))], colour) for _ in range(count)]
-        specs += [(KINDS[int(rng.integers(3))], _colour(rng, [colour])) for _ in range(int(rng.integers(0, 4)))]
-        images.append(_place(rng, specs, _cells(rng, size, size, cell, len(specs)), cell, _radius(cell)))
+        specs += [(KINDS[int(rng.integers(3))], pick_colour(rng, [colour])) for _ in range(int(rng.integers(0, 4)))]
+        images.append(place(rng, specs, grid_cells(rng, size, size, cell, len(specs)), cell, radius_range(cell)))
     return images
 
 
@@ -214,7 +153,7 @@ def which_has_more(rng: np.random.Generator, size: int) -> Drawn:
     """2-4 images with different numbers of shapes of one colour; which holds the most (multi-choice).
     Colour, not kind, is asked: a shape is a few pixels wide at a small tower's resolution, and its colour
     survives that where its outline does not."""
-    k, colour = int(rng.integers(2, 5)), _colour(rng)
+    k, colour = int(rng.integers(2, 5)), pick_colour(rng)
     counts = [int(c) for c in rng.choice(6, size=k, replace=False)]
     images = _coloured(rng, size, colour, counts)
     best, labels = counts.index(max(counts)), [f"Image {i + 1}" for i in range(k)]
@@ -251,13 +190,13 @@ def motion(rng: np.random.Generator, size: int) -> Drawn:
     """A short clip in which one shape moves left, right, up or down past 1-2 still ones (multi-choice)."""
     cell, frames = size // 4, int(rng.integers(8, 13))
     direction = tuple(DIRECTIONS)[int(rng.integers(4))]
-    n_still, r = int(rng.integers(1, 3)), _radius(cell)[1]
+    n_still, r = int(rng.integers(1, 3)), radius_range(cell)[1]
     colours = [str(c) for c in rng.choice(list(COLOURS), size=n_still + 1, replace=False)]
     kinds = [KINDS[int(i)] for i in rng.integers(3, size=n_still + 1)]
     path = _motion_path(rng, size, r, direction, frames)
     axis = 1 if DIRECTIONS[direction][0] else 0  # the coordinate that stays fixed along the path
-    free = [c for c in _cells(rng, size, size, cell, (size // cell) ** 2) if abs(c[axis] - path[0][axis]) > cell]
-    still = _place(rng, list(zip(kinds[1:], colours[1:])), free[:n_still], cell, _radius(cell))
+    free = [c for c in grid_cells(rng, size, size, cell, (size // cell) ** 2) if abs(c[axis] - path[0][axis]) > cell]
+    still = place(rng, list(zip(kinds[1:], colours[1:])), free[:n_still], cell, radius_range(cell))
     mover = Shape(kinds[0], colours[0], path[0][0], path[0][1], r)
     pictures = tuple(draw_shapes((size, size), [*still, Shape(mover.kind, mover.colour, x, y, r)]) for x, y in path)
     question, shown, letter = _multi_choice(f"In which direction does the {mover.name} move?", direction, tuple(DIRECTIONS))
@@ -269,13 +208,13 @@ def motion(rng: np.random.Generator, size: int) -> Drawn:
 def multi_view(rng: np.random.Generator, size: int) -> Drawn:
     """One scene wider than a view, seen by 2-4 views panned across it; neighbouring views overlap by at
     least a quarter view, so each object is whole in some view and several show the same object."""
-    cell, k, colour, width = size // 4, int(rng.integers(2, 5)), _colour(rng), size * 7 // 4
+    cell, k, colour, width = size // 4, int(rng.integers(2, 5)), pick_colour(rng), size * 7 // 4
     count = int(rng.choice(SCENE_COUNTS))
     specs = [(KINDS[int(rng.integers(3))], colour) for _ in range(count)]
-    specs += [(KINDS[int(rng.integers(3))], _colour(rng, [colour])) for _ in range(int(rng.integers(1, 5)))]
-    low, high = _radius(cell)
+    specs += [(KINDS[int(rng.integers(3))], pick_colour(rng, [colour])) for _ in range(int(rng.integers(1, 5)))]
+    low, high = radius_range(cell)
     cap = (2 * size - width - 1) // 2  # an object 2r+1 wide fits in the overlap of neighbouring views
-    objects = _place(rng, specs, _cells(rng, width, size, cell, len(specs)), cell, (min(low, cap), min(high, cap)))
+    objects = place(rng, specs, grid_cells(rng, width, size, cell, len(specs)), cell, (min(low, cap), min(high, cap)))
     world = draw_shapes((width, size), objects)
     offsets = [int(o) for o in np.linspace(0, width - size, k).round()]
     pictures = tuple(world.crop((o, 0, o + size, size)) for o in offsets)
@@ -295,20 +234,52 @@ def small_detail(rng: np.random.Generator, size: int) -> Drawn:
     or two and its colour a faint tint; cut into patches (anyres) it is legible, which is what multi-patch
     input is for."""
     cell, width, height = max(size // 6, 8), size * 3, size * 2
-    count, colour = int(rng.integers(18, 31)), _colour(rng)
+    count, colour = int(rng.integers(18, 31)), pick_colour(rng)
     specs = [(("circle", "square")[int(rng.integers(2))], GREY) for _ in range(count)]
-    centres = _cells(rng, width, height, cell, count + 1)
+    centres = grid_cells(rng, width, height, cell, count + 1)
     big = (max(3, round(cell * 0.35)), max(4, round(cell * 0.45)))  # a third of a cell wider than the clutter
-    shapes = _place(rng, [("triangle", colour)], centres[:1], cell, big)
-    shapes += _place(rng, specs, centres[1:], cell, (max(2, cell // 5), max(3, cell // 3)))
+    shapes = place(rng, [("triangle", colour)], centres[:1], cell, big)
+    shapes += place(rng, specs, centres[1:], cell, (max(2, cell // 5), max(3, cell // 3)))
     question, shown, letter = _multi_choice("What colour is the small triangle?", colour, tuple(COLOURS))
     facts = {"colour": colour, "triangle": shapes[0], "shapes": [shapes]}
     return Drawn("SynthDetail", "small_detail", "multi-patch", question, letter,
                  (draw_shapes((width, height), shapes),), shown, facts, "Find the small triangle and name its colour.")
 
 
+ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "centre", "right")
+
+
+def _listing(parts: Sequence[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _where(shape: Shape, cell: int) -> str:
+    """The shape's cell of a 3x3 grid in words."""
+    column, row = shape.x // cell, shape.y // cell
+    return "in the centre" if (column, row) == (1, 1) else f"at the {ROWS[row]} {COLUMNS[column]}"
+
+
+def describe(rng: np.random.Generator, size: int) -> Drawn:
+    """Two images of 1-3 large shapes on a 3x3 grid, each described: colour, kind and place (open-ended).
+
+    Why: like the caption data of LLaVA's first stage, a sentence naming every shape supervises what the
+    tower must see (colours, kinds, places) far more densely than a letter does, so a model trained from
+    scratch learns to see before the other tasks ask it to reason."""
+    cell = size // 3
+    images = [place(rng, distinct_specs(rng, count), grid_cells(rng, size, size, cell, count), cell, radius_range(cell))
+              for count in (int(c) for c in rng.integers(1, 4, size=2))]
+    sentences = []
+    for i, shapes in enumerate(images):
+        ordered = sorted(shapes, key=lambda s: (s.y // cell, s.x // cell))
+        sentences.append(f"Image {i + 1}: " + _listing([f"a {s.name} {_where(s, cell)}" for s in ordered]) + ".")
+    question = "Describe each image: the colour, kind and place of every shape."
+    pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
+    return Drawn("SynthDescribe", "describe_images", "multi-image", question, " ".join(sentences), pictures, None,
+                 {"cell": cell, "shapes": images}, "Name every shape's colour, kind and place, image by image.")
+
+
 TASKS: tuple[Callable[[np.random.Generator, int], Drawn], ...] = (
-    spot_difference, which_has_more, count_across, motion, multi_view, small_detail)
+    spot_difference, which_has_more, count_across, motion, multi_view, small_detail, describe)
 
 
 def human_text(drawn: Drawn) -> str:
@@ -398,7 +369,7 @@ def write_synthetic(out_dir: Path, n: int, seed: int, bench_n: int | None = None
     """Write `n` training samples (`train.json`) and `bench_n` held-out bench samples (`bench.json`,
     default `max(n // 5, 8)`) with their media under `out_dir`. The bench has its own seed stream
     (`seed + 1_000_003`) and never repeats a training question. Tasks take turns, so each appears
-    once `n >= 6`."""
+    once `n >= 7`."""
     if n < 0 or (bench_n or 0) < 0 or image_size < 48:
         raise ValueError(f"need n >= 0, bench_n >= 0, image_size >= 48; got {n}, {bench_n}, {image_size}")
     bench_n = max(n // 5, 8) if bench_n is None else bench_n
