@@ -254,11 +254,12 @@ def test_describe_answers(synth):
         cell = entry["metadata"]["facts"]["cell"]
         for i, (picture, shapes) in enumerate(zip(pictures, entry["metadata"]["facts"]["shapes"])):
             sentence = _answer(entry).split(f"Image {i + 1}: ")[1].split(".")[0]
-            assert sentence.count(" a ") + sentence.startswith("a ") == len(shapes)
+            assert len(re.findall(r"(?:^|, | and )an? ", sentence)) == len(shapes)
             for kind, colour, x, y, _ in shapes:
-                assert tuple(picture[y, x]) == COLOURS[colour] and f"a {colour} {kind}" in sentence
+                article = "an" if colour == "orange" else "a"
+                assert tuple(picture[y, x]) == COLOURS[colour] and f"{article} {colour} {kind}" in sentence
                 where = places.get((x // cell, y // cell))
-                assert where is None or f"a {colour} {kind} {where}" in sentence
+                assert where is None or f"{article} {colour} {kind} {where}" in sentence
 
 
 def test_multi_choice_answers_are_listed_letters(synth):

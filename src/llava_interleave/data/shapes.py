@@ -35,6 +35,11 @@ class Shape(NamedTuple):
     def name(self) -> str:
         return f"{self.colour} {self.kind}"
 
+    @property
+    def a_name(self) -> str:
+        """The name with its indefinite article: "a red circle", "an orange square"."""
+        return ("an " if self.colour[0] in "aeiou" else "a ") + self.name
+
 
 def draw_shapes(size: tuple[int, int], shapes: Sequence[Shape]) -> Image.Image:
     """An RGB picture of the shapes on a flat background, later shapes on top."""

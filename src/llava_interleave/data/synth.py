@@ -112,7 +112,7 @@ def spot_difference(rng: np.random.Generator, size: int) -> Drawn:
     if change == "recoloured" and len(taken) == len(COLOURS):  # no free colour for this kind
         change = "removed"
     if change == "added":
-        second, answer, target = [*first, extra], f"A {extra.name} was added in the second image.", extra
+        second, answer, target = [*first, extra], f"{extra.a_name.capitalize()} was added in the second image.", extra
     elif change == "removed":
         second, answer = first[:index] + first[index + 1:], f"The {target.name} was removed in the second image."
     else:
@@ -271,7 +271,7 @@ def describe(rng: np.random.Generator, size: int) -> Drawn:
     sentences = []
     for i, shapes in enumerate(images):
         ordered = sorted(shapes, key=lambda s: (s.y // cell, s.x // cell))
-        sentences.append(f"Image {i + 1}: " + _listing([f"a {s.name} {_where(s, cell)}" for s in ordered]) + ".")
+        sentences.append(f"Image {i + 1}: " + _listing([f"{s.a_name} {_where(s, cell)}" for s in ordered]) + ".")
     question = "Describe each image: the colour, kind and place of every shape."
     pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
     return Drawn("SynthDescribe", "describe_images", "multi-image", question, " ".join(sentences), pictures, None,
