@@ -314,3 +314,10 @@ def test_two_hundred_samples_are_quick(tmp_path):
     summary = write_synthetic(tmp_path, 200, 11)
     assert time.perf_counter() - start < 20
     assert sum(summary.train_counts.values()) == 200 and sum(summary.bench_counts.values()) == 40
+
+
+def test_named_tasks_only(tmp_path):
+    summary = write_synthetic(tmp_path, 5, 2, bench_n=2, image_size=64, tasks=["SynthDescribe", "SynthMotion"])
+    assert summary.train_counts == {"SynthMotion": 3, "SynthDescribe": 2} and summary.bench_counts == {"SynthMotion": 1, "SynthDescribe": 1}
+    with pytest.raises(ValueError, match="unknown synthetic task 'Nope'"):
+        write_synthetic(tmp_path / "bad", 2, 0, tasks=["Nope"])

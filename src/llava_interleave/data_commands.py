@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .data.m4 import DataError
+
 
 def validate(args: Any) -> int:
     from .data.validate import run_validate
@@ -39,7 +41,11 @@ def synth(args: Any) -> int:
     from .data.pairs import write_pairs
     from .data.synth import write_synthetic
 
-    summary = write_synthetic(Path(args.out), args.n, args.seed, args.bench_n)
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    try:
+        summary = write_synthetic(Path(args.out), args.n, args.seed, args.bench_n, tasks=tasks)
+    except ValueError as err:
+        raise DataError(str(err)) from err
     print(summary)
     pairs = write_pairs(summary.train_json, Path(args.out) / "dpo.jsonl", args.seed)
     print(f"  dpo.jsonl: {pairs} preference pairs (the true answer chosen, a wrong one rejected)")

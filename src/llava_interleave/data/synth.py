@@ -278,8 +278,18 @@ def describe(rng: np.random.Generator, size: int) -> Drawn:
                  {"cell": cell, "shapes": images}, "Name every shape's colour, kind and place, image by image.")
 
 
-TASKS: tuple[Callable[[np.random.Generator, int], Drawn], ...] = (
-    spot_difference, which_has_more, count_across, motion, multi_view, small_detail, describe)
+Task = Callable[[np.random.Generator, int], Drawn]
+TASKS: dict[str, Task] = {"SynthSpotDiff": spot_difference, "SynthWhichMore": which_has_more, "SynthCount": count_across,
+                          "SynthMotion": motion, "SynthScene3D": multi_view, "SynthDetail": small_detail,
+                          "SynthDescribe": describe}
+
+
+def pick_tasks(names: Sequence[str] | None) -> tuple[Task, ...]:
+    """The task functions of the named datasets (all seven when none are named), in the standard order."""
+    unknown = sorted(set(names or ()) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown synthetic task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+    return tuple(task for name, task in TASKS.items() if not names or name in names)
 
 
 def human_text(drawn: Drawn) -> str:
@@ -296,14 +306,14 @@ def fingerprint(drawn: Drawn) -> str:
     return json.dumps([drawn.dataset, drawn.question, drawn.facts], sort_keys=True)
 
 
-def _draw_split(rng: np.random.Generator, count: int, size: int, avoid: set[str]) -> list[Drawn]:
+def _draw_split(rng: np.random.Generator, count: int, size: int, avoid: set[str], tasks: Sequence[Task]) -> list[Drawn]:
     """`count` samples, tasks taken in turn so every task is equally common; a sample that repeats one in
     `avoid` (the train split, when drawing the bench) is drawn again."""
     drawn = []
     for i in range(count):
-        sample = TASKS[i % len(TASKS)](rng, size)
+        sample = tasks[i % len(tasks)](rng, size)
         while fingerprint(sample) in avoid:
-            sample = TASKS[i % len(TASKS)](rng, size)
+            sample = tasks[i % len(tasks)](rng, size)
         drawn.append(sample)
     return drawn
 
@@ -365,18 +375,20 @@ def bench_entry(drawn: Drawn, out_dir: Path, sample_id: str, num_sample: int) ->
             "metadata": metadata}
 
 
-def write_synthetic(out_dir: Path, n: int, seed: int, bench_n: int | None = None, image_size: int = 96) -> SynthSummary:
+def write_synthetic(out_dir: Path, n: int, seed: int, bench_n: int | None = None, image_size: int = 96,
+                    tasks: Sequence[str] | None = None) -> SynthSummary:
     """Write `n` training samples (`train.json`) and `bench_n` held-out bench samples (`bench.json`,
     default `max(n // 5, 8)`) with their media under `out_dir`. The bench has its own seed stream
-    (`seed + 1_000_003`) and never repeats a training question. Tasks take turns, so each appears
-    once `n >= 7`."""
+    (`seed + 1_000_003`) and never repeats a training question. Tasks (all, or the named datasets) take
+    turns, so each appears once `n >=` their number."""
+    chosen = pick_tasks(tasks)
     if n < 0 or (bench_n or 0) < 0 or image_size < 48:
         raise ValueError(f"need n >= 0, bench_n >= 0, image_size >= 48; got {n}, {bench_n}, {image_size}")
     bench_n = max(n // 5, 8) if bench_n is None else bench_n
     (out_dir := Path(out_dir)).mkdir(parents=True, exist_ok=True)
-    train = _draw_split(np.random.default_rng(seed), n, image_size, set())
+    train = _draw_split(np.random.default_rng(seed), n, image_size, set(), chosen)
     bench = _draw_split(np.random.default_rng(seed + BENCH_SEED_OFFSET), bench_n, image_size,
-                        {fingerprint(d) for d in train})
+                        {fingerprint(d) for d in train}, chosen)
     train_entries = [train_entry(d, out_dir, f"synth-s{seed}-train-{i:06d}") for i, d in enumerate(train)]
     per_dataset = Counter(d.dataset for d in bench)
     bench_entries = [bench_entry(d, out_dir, f"synth-s{seed}-bench-{i:06d}", per_dataset[d.dataset])
