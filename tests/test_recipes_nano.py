@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_both_stages_train(tmp_path):
-    write_synthetic(tmp_path / "align", 32, seed=5, bench_n=0, image_size=96, tasks=["SynthDescribe"])
+    write_synthetic(tmp_path / "align", 32, seed=5, bench_n=0, image_size=96, tasks=["SynthName"])
     write_synthetic(tmp_path / "synth", 28, seed=6, bench_n=0, image_size=96)
     common = ["batch_size=4", "max_steps=16", "progress=false", "data.group_by_length=false", "optim.warmup_ratio=0"]
     stages = (("nano-align", "align", "stage1", []),

@@ -22,7 +22,7 @@ from llava_interleave.data.shapes import BACKGROUND, COLOURS, GREY, PALETTE
 from llava_interleave.data.synth import DIRECTIONS, LETTERS, write_synthetic
 
 N, SEED, SIZE = 30, 7, 96
-DATASETS = {"SynthSpotDiff", "SynthWhichMore", "SynthCount", "SynthMotion", "SynthScene3D", "SynthDetail", "SynthDescribe"}
+DATASETS = {"SynthSpotDiff", "SynthWhichMore", "SynthCount", "SynthMotion", "SynthScene3D", "SynthDetail", "SynthDescribe", "SynthName"}
 SCENARIO_MODALITY = {"multi-image": Modality.IMAGE, "video": Modality.VIDEO, "multi-view": Modality.VIEW,
                      "multi-patch": Modality.PATCHES}
 
@@ -262,6 +262,14 @@ def test_describe_answers(synth):
                 assert where is None or f"{article} {colour} {kind} {where}" in sentence
 
 
+def test_name_answers(synth):
+    out, train, bench = synth
+    for entry, pictures in _still_pictures(out, _by(train + bench, "SynthName")):
+        for i, (picture, ((kind, colour, x, y, r),)) in enumerate(zip(pictures, entry["metadata"]["facts"]["shapes"])):
+            assert tuple(picture[y, x]) == COLOURS[colour] and r >= SIZE // 6
+            assert f"Image {i + 1}: {'an' if colour == 'orange' else 'a'} {colour} {kind}." in _answer(entry)
+
+
 def test_multi_choice_answers_are_listed_letters(synth):
     _, train, bench = synth
     letters = Counter()
@@ -297,7 +305,7 @@ def test_bench_is_held_out(synth):
 
 
 def test_summary_and_sizes(tmp_path):
-    summary = write_synthetic(tmp_path, 7, 3, bench_n=7, image_size=64)
+    summary = write_synthetic(tmp_path, 8, 3, bench_n=8, image_size=64)
     assert summary.train_counts == {name: 1 for name in DATASETS} == summary.bench_counts
     assert str(summary.train_json) in str(summary)
     train = json.loads(summary.train_json.read_text())

@@ -100,7 +100,7 @@ def _data_parsers(sub: Any) -> None:
     syn.add_argument("--n", type=int, default=200, help="training samples")
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--bench-n", type=int, default=None, help="held-out bench samples (default n // 5)")
-    syn.add_argument("--tasks", default=None, help="comma-separated task datasets to draw, e.g. SynthDescribe (default: all seven)")
+    syn.add_argument("--tasks", default=None, help="comma-separated task datasets to draw, e.g. SynthDescribe (default: all)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

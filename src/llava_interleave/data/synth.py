@@ -4,7 +4,7 @@ Why: the whole pipeline (loading, training, evaluation, scoring) should run offl
 that mean something. Shapes drawn from a seed have exactly known answers: a model that learns shows a rising
 bench score, a broken pipeline a flat one.
 
-Seven tasks, one `dataset` name each, cover the four scenarios and both question types:
+Eight tasks, one `dataset` name each, cover the four scenarios and both question types:
   SynthSpotDiff   multi-image  open-ended    what changed between two images
   SynthWhichMore  multi-image  multi-choice  which of 2-4 images holds the most shapes of a colour
   SynthCount      multi-image  open-ended    how many of a shape across 2-4 images
@@ -12,6 +12,7 @@ Seven tasks, one `dataset` name each, cover the four scenarios and both question
   SynthScene3D    multi-view   multi-choice  how many objects of a colour in one scene seen in 2-4 views (1-4)
   SynthDetail     multi-patch  multi-choice  the colour of the one small triangle in a large image
   SynthDescribe   multi-image  open-ended    every shape of two images: colour, kind and place (caption-like)
+  SynthName       multi-image  open-ended    the one large shape of each of two images (the simplest to see)
 
 Every entry keeps what was drawn under `metadata["facts"]` (shapes as `[kind, colour, x, y, r]`: centre and
 half-size in pixels of that image) to re-derive answers from. The same seed gives byte-identical JSON.
@@ -278,14 +279,26 @@ def describe(rng: np.random.Generator, size: int) -> Drawn:
                  {"cell": cell, "shapes": images}, "Name every shape's colour, kind and place, image by image.")
 
 
+def name_shapes(rng: np.random.Generator, size: int) -> Drawn:
+    """Two images of one large shape each, named (open-ended): the simplest thing to see, for the first
+    steps of a model that has never seen anything (its colour fills whole patches of a small tower)."""
+    shapes = [Shape(kind, colour, int(rng.integers(size * 3 // 8, size * 5 // 8 + 1)),
+                    int(rng.integers(size * 3 // 8, size * 5 // 8 + 1)), int(rng.integers(size // 6, size * 3 // 10 + 1)))
+              for kind, colour in distinct_specs(rng, 2)]
+    answer = " ".join(f"Image {i + 1}: {s.a_name}." for i, s in enumerate(shapes))
+    pictures = tuple(draw_shapes((size, size), [s]) for s in shapes)
+    return Drawn("SynthName", "name_shapes", "multi-image", "What is the shape in each image?", answer, pictures, None,
+                 {"shapes": [[s] for s in shapes]}, "Name the colour and kind of the shape in each image.")
+
+
 Task = Callable[[np.random.Generator, int], Drawn]
 TASKS: dict[str, Task] = {"SynthSpotDiff": spot_difference, "SynthWhichMore": which_has_more, "SynthCount": count_across,
                           "SynthMotion": motion, "SynthScene3D": multi_view, "SynthDetail": small_detail,
-                          "SynthDescribe": describe}
+                          "SynthDescribe": describe, "SynthName": name_shapes}
 
 
 def pick_tasks(names: Sequence[str] | None) -> tuple[Task, ...]:
-    """The task functions of the named datasets (all seven when none are named), in the standard order."""
+    """The task functions of the named datasets (all when none are named), in the standard order."""
     unknown = sorted(set(names or ()) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown synthetic task {unknown[0]!r}; choose from {', '.join(TASKS)}")
