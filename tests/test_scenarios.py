@@ -85,6 +85,19 @@ def test_lone_image_uses_anyres_and_several_images_do_not(original_checkpoint, i
     assert len(pipe.engine.generate([lone], llava_interleave.engine.SamplingConfig(max_new_tokens=2))[0]) == 2
 
 
+def test_a_lone_training_image_is_one_image_for_a_model_without_anyres(hf_checkpoint, image_files):
+    """Training data marks every lone image as multi-patch; a squash model (hf layout) must still see one crop."""
+    from llava_interleave.api import image_visual
+    from llava_interleave.data.sample import Sample, Turn, fill_slots
+
+    pipe = llava_interleave.load(hf_checkpoint, device="cpu")
+    patches = image_visual(image_files[4], Modality.PATCHES)
+    encoded = pipe.processor.encode(Sample((Turn("user", fill_slots("Details?", [patches])),)))
+    (visual,) = encoded.visuals
+    assert visual.modality == Modality.IMAGE and visual.pixel_values.shape[0] == 1
+    assert visual.num_tokens == pipe.config.vision.tokens_per_image
+
+
 def test_pad_aspect_pads_with_mean_colour(tokenizer, tmp_path, image_files):
     config = tiny_config(tokenizer, "original", ProcessorConfig(image_aspect="pad", patch_merge="flat"))
     pipe = llava_interleave.load(make_checkpoint(tmp_path / "pad", config, tokenizer), device="cpu")

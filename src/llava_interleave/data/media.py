@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import av
@@ -132,3 +133,18 @@ def _load_frame_folder(folder: Path, num_frames: int) -> list[Image.Image]:
         raise MediaError(f"frame folder has no images ({', '.join(sorted(FRAME_EXTENSIONS))}): {folder}")
     files.sort(key=_natural_key)
     return [load_image(files[i]) for i in sample_indices(len(files), num_frames)]
+
+
+def write_mp4(path: Path, frames: Sequence[Image.Image], fps: int = 8) -> Path:
+    """A small mpeg4/yuv420p clip at a high bit rate, so colours survive the compression."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    width, height = (v - v % 2 for v in frames[0].size)  # yuv420p needs even sides
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.bit_rate = 2_000_000
+        for frame in frames:
+            array = np.asarray(frame.convert("RGB"))[:height, :width]
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")))
+        container.mux(stream.encode(None))
+    return path

@@ -6,6 +6,7 @@ model's merge is a plain scatter. Labels are -100 except on supervised (assistan
 
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import groupby
 
 import torch
@@ -31,6 +32,10 @@ class Processor:
 
     def prepare_visual(self, visual: Visual) -> VisualInput:
         vision, proc = self.config.vision, self.config.processor
+        if visual.modality == Modality.PATCHES and proc.image_aspect != "anyres":
+            # a lone image of a model without anyres (the hf layout, squash/pad) is one plain image; cutting it
+            # into the default 384-px grid pinpoints would give hundreds of crops
+            visual = replace(visual, modality=Modality.IMAGE)
         size = vision.image_size
         first = visual.frames[0]
         grid = None

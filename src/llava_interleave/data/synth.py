@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 from PIL import Image
 
+from .media import write_mp4
 from .shapes import (
     COLOURS,
     GREY,
@@ -329,21 +329,6 @@ def _draw_split(rng: np.random.Generator, count: int, size: int, avoid: set[str]
             sample = tasks[i % len(tasks)](rng, size)
         drawn.append(sample)
     return drawn
-
-
-def write_mp4(path: Path, frames: Sequence[Image.Image], fps: int = 8) -> Path:
-    """A small mpeg4/yuv420p clip at a high bit rate, so colours survive the compression."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    width, height = (v - v % 2 for v in frames[0].size)  # yuv420p needs even sides
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.bit_rate = 2_000_000
-        for frame in frames:
-            array = np.asarray(frame.convert("RGB"))[:height, :width]
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")))
-        container.mux(stream.encode(None))
-    return path
 
 
 def _save_pictures(out_dir: Path, stem: str, pictures: Sequence[Image.Image]) -> list[str]:
