@@ -13,17 +13,18 @@ from typing import Any, TextIO
 
 from .api import Pipeline
 from .assets import DEMO_BENCH
+from .data.synth import LETTERS
 from .eval.bench import BenchItem, read_bench
 from .eval.runner import answer_items
 
-OPTION = re.compile(r"^\(([A-H])\) (.+)$", re.MULTILINE)
+OPTION = re.compile(r"^\([A-H]\) .+$", re.MULTILINE)  # an option line of a multi-choice question
 
 
 def _with_option(item: BenchItem, answer: str) -> str:
     """A multi-choice letter followed by its option's text, so the reader need not look it up."""
-    options = dict(OPTION.findall(item.turns[0][0]))
+    options = dict(zip(LETTERS, item.choice_list or ()))
     letter = answer.strip()[:1]
-    return f"{answer.strip()} ({options[letter]})" if item.question_type == "multi-choice" and letter in options else answer.strip()
+    return f"{answer.strip()} ({options[letter]})" if letter in options else answer.strip()
 
 
 def _question(item: BenchItem) -> str:

@@ -1,7 +1,7 @@
 """Files shipped inside the package: the bundled model and the demo's example inputs.
 
-They live in the package (not beside it) so that `llava-interleave demo`, and `generate` / `chat` without
-`--model`, work from any folder and from an installed wheel, with no download.
+They live in the package (not beside it) so that `llava-interleave demo` works from any folder and from an
+installed wheel, with no download.
 """
 
 from __future__ import annotations

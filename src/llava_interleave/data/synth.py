@@ -95,8 +95,8 @@ def _multi_choice(question: str, correct: str, options: Sequence[str]) -> tuple[
     Why a fixed order (image order, direction order, colour order) and not a shuffle: the letter then
     follows from what is seen, as in sets like NLVR2's "(A) True (B) False". Shuffled options also ask the
     model to bind letters to options in context, which small models trained for minutes do not learn
-    (measured: a 10M model stayed at chance even on text-only binding). Letters stay balanced because the
-    answers are drawn uniformly."""
+    (measured: the tiny and nano presets stayed at chance even on text-only binding). Letters stay
+    balanced because the answers are drawn uniformly."""
     text = "\n".join([question, *(f"({LETTERS[i]}) {option}" for i, option in enumerate(options)), MC_SUFFIX])
     return text, tuple(options), LETTERS[list(options).index(correct)]
 
@@ -128,24 +128,13 @@ def spot_difference(rng: np.random.Generator, size: int) -> Drawn:
                  "Find the one change between the first and the second image.")
 
 
-def _images_with(rng: np.random.Generator, size: int, kind: str, counts: Sequence[int]) -> list[list[Shape]]:
-    """One shape list per image: `counts[i]` shapes of `kind` plus 0-3 of other kinds, random colours."""
-    cell, others = size // 4, [k for k in KINDS if k != kind]
-    images = []
-    for count in counts:
-        specs = [(kind, pick_colour(rng)) for _ in range(count)]
-        specs += [(others[int(rng.integers(2))], pick_colour(rng)) for _ in range(int(rng.integers(0, 4)))]
-        images.append(place(rng, specs, grid_cells(rng, size, size, cell, len(specs)), cell, radius_range(cell)))
-    return images
-
-
-def _coloured(rng: np.random.Generator, size: int, colour: str, counts: Sequence[int]) -> list[list[Shape]]:
-    """One shape list per image: `counts[i]` shapes of `colour` plus 0-3 of other colours, random kinds."""
+def _images_with(rng: np.random.Generator, size: int, counts: Sequence[int], target: Callable[[], tuple[str, str]],
+                 other: Callable[[], tuple[str, str]]) -> list[list[Shape]]:
+    """One shape list per image: `counts[i]` shapes of (kind, colour) drawn by `target`, plus 0-3 by `other`."""
     cell = size // 4
     images = []
     for count in counts:
-        specs = [(KINDS[int(rng.integers(3))], colour) for _ in range(count)]
-        specs += [(KINDS[int(rng.integers(3))], pick_colour(rng, [colour])) for _ in range(int(rng.integers(0, 4)))]
+        specs = [target() for _ in range(count)] + [other() for _ in range(int(rng.integers(0, 4)))]
         images.append(place(rng, specs, grid_cells(rng, size, size, cell, len(specs)), cell, radius_range(cell)))
     return images
 
@@ -156,7 +145,8 @@ def which_has_more(rng: np.random.Generator, size: int) -> Drawn:
     survives that where its outline does not."""
     k, colour = int(rng.integers(2, 5)), pick_colour(rng)
     counts = [int(c) for c in rng.choice(6, size=k, replace=False)]
-    images = _coloured(rng, size, colour, counts)
+    images = _images_with(rng, size, counts, lambda: (KINDS[int(rng.integers(3))], colour),
+                          lambda: (KINDS[int(rng.integers(3))], pick_colour(rng, [colour])))
     best, labels = counts.index(max(counts)), [f"Image {i + 1}" for i in range(k)]
     question, shown, letter = _multi_choice(f"Which image has the most {colour} shapes?", labels[best], labels)
     facts = {"colour": colour, "counts": counts, "shapes": images}
@@ -169,7 +159,9 @@ def count_across(rng: np.random.Generator, size: int) -> Drawn:
     """A sequence of 2-4 images; how many of one kind they hold together (open-ended number)."""
     k, kind = int(rng.integers(2, 5)), KINDS[int(rng.integers(3))]
     counts = [int(c) for c in rng.integers(0, 4, size=k)]
-    images = _images_with(rng, size, kind, counts)
+    others = [k for k in KINDS if k != kind]
+    images = _images_with(rng, size, counts, lambda: (kind, pick_colour(rng)),
+                          lambda: (others[int(rng.integers(2))], pick_colour(rng)))
     question = f"How many {kind}s are there in all {k} images together? {NUMBER_SUFFIX}"
     facts = {"kind": kind, "counts": counts, "shapes": images}
     pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
