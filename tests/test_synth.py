@@ -329,3 +329,11 @@ def test_named_tasks_only(tmp_path):
     assert summary.train_counts == {"SynthMotion": 3, "SynthDescribe": 2} and summary.bench_counts == {"SynthMotion": 1, "SynthDescribe": 1}
     with pytest.raises(ValueError, match="unknown synthetic task 'Nope'"):
         write_synthetic(tmp_path / "bad", 2, 0, tasks=["Nope"])
+
+
+def test_cli_names_an_unknown_task_in_one_line(tmp_path, capsys):
+    from llava_interleave.cli import main
+
+    assert main(["data", "synth", "--out", str(tmp_path), "--n", "1", "--tasks", "SynthName,Nope"]) == 1
+    assert capsys.readouterr().err.strip() == ("error: unknown synthetic task 'Nope'; choose from " + ", ".join(
+        ["SynthSpotDiff", "SynthWhichMore", "SynthCount", "SynthMotion", "SynthScene3D", "SynthDetail", "SynthDescribe", "SynthName"]))
