@@ -1,4 +1,4 @@
-"""`llava-interleave demo`: a model answers the shipped example of each task, over all four scenarios."""
+"""`llava-interleave demo`: a model answers the shipped examples, over all four scenarios."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def test_demo_answers_each_task_next_to_the_truth(original_checkpoint, capsys):
     entries = json.loads(DEMO_BENCH.read_text())
     for scenario in SCENARIOS:
         assert f"[{scenario}]" in out, scenario
-    assert out.count("  model: ") == out.count("  truth: ") == len(entries) == 8 and "error:" not in out
+    assert {e["metadata"]["scenario"] for e in entries} == set(SCENARIOS)
+    assert out.count("  model: ") == out.count("  truth: ") == len(entries) >= 4 and "error:" not in out
     for entry in entries:  # each true answer is printed, multi-choice letters with their option
         truth = entry["conversations"][1]["value"]
         options = entry["choice_list"]

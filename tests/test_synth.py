@@ -19,10 +19,12 @@ from llava_interleave.data.m4 import MediaResolver, open_records, to_sample
 from llava_interleave.data.media import load_image, load_video
 from llava_interleave.data.sample import Modality
 from llava_interleave.data.shapes import BACKGROUND, COLOURS, GREY, PALETTE
-from llava_interleave.data.synth import DIRECTIONS, LETTERS, write_synthetic
+from llava_interleave.data.drawn import LETTERS
+from llava_interleave.data.synth import DIRECTIONS, write_synthetic
 
-N, SEED, SIZE = 30, 7, 96
-DATASETS = {"SynthSpotDiff", "SynthWhichMore", "SynthCount", "SynthMotion", "SynthScene3D", "SynthDetail", "SynthDescribe", "SynthName"}
+N, SEED, SIZE = 55, 7, 96  # 55 // 5 = 11 bench samples: every task once
+DATASETS = {"SynthSpotDiff", "SynthWhichMore", "SynthCount", "SynthMotion", "SynthScene3D", "SynthDetail", "SynthDescribe",
+            "SynthName", "SynthFindImage", "SynthColourChange", "SynthScenePlace"}
 SCENARIO_MODALITY = {"multi-image": Modality.IMAGE, "video": Modality.VIDEO, "multi-view": Modality.VIEW,
                      "multi-patch": Modality.PATCHES}
 
@@ -125,7 +127,7 @@ def test_media_exist_and_load(synth):
         if entry["metadata"]["scenario"] == "video":
             path = out / (entry["video"] if "video" in entry else entry["image"][0])
             frames = load_video(path, num_frames=64)
-            assert 8 <= len(frames) <= 12 and len(frames) == len(facts["path"])
+            assert 8 <= len(frames) <= 12 and len(frames) == len(facts.get("path") or facts["frames"])
             assert frames[0].size == (SIZE, SIZE)
             continue
         for name in _images(entry):
@@ -270,6 +272,48 @@ def test_name_answers(synth):
             assert f"Image {i + 1}: {'an' if colour == 'orange' else 'a'} {colour} {kind}." in _answer(entry)
 
 
+def _has_colour(picture: np.ndarray, colour: str) -> bool:
+    return bool((np.abs(picture.astype(int) - np.array(COLOURS[colour])).sum(axis=-1) < 60).sum() > 20)
+
+
+def test_find_image_answers(synth):
+    out, train, bench = synth
+    for entry, pictures in _still_pictures(out, _by(train + bench, "SynthFindImage")):
+        colour = entry["metadata"]["facts"]["colour"]
+        showing = [i for i, picture in enumerate(pictures) if _has_colour(picture, colour)]
+        assert len(showing) == 1 and 2 <= len(pictures) <= 4
+        assert _options(entry)[_answer(entry)] == f"Image {showing[0] + 1}" and f" {colour} shape?" in _human(entry)
+
+
+def test_colour_change_answers_match_the_decoded_video(synth):
+    out, train, bench = synth
+    entries = _by(train + bench, "SynthColourChange")
+    asked = Counter()
+    for entry in entries:
+        frames = load_video(out / (entry["video"] if "video" in entry else entry["image"][0]), num_frames=64)
+        seen = [[c for c in COLOURS if _has_colour(np.asarray(f), c)] for f in frames]
+        assert all(len(colours) == 1 for colours in seen)  # one shape, one colour per frame
+        assert seen[0] != seen[-1]  # it changes
+        when = "start" if "at the start of" in _human(entry) else "end"
+        assert _options(entry)[_answer(entry)] == (seen[0] if when == "start" else seen[-1])[0]
+        asked[when] += 1
+    assert len(entries) >= 5 and set(asked) == {"start", "end"}
+
+
+def test_scene_place_answers(synth):
+    _, train, bench = synth
+    for entry in _by(train + bench, "SynthScenePlace"):
+        facts = entry["metadata"]["facts"]
+        views = [[(k, c, x + offset, y) for k, c, x, y, _ in view] for offset, view in zip(facts["offsets"], facts["shapes"])]
+        seen = {shape for view in views for shape in view}
+        assert len(seen) == len(facts["objects"])  # every object is whole in some view
+        (x,) = [x for _, colour, x, _ in seen if colour == facts["colour"]]
+        width = facts["offsets"][-1] + SIZE
+        third = "left" if x < width / 3 else "right" if x > 2 * width / 3 else "middle"
+        assert _options(entry)[_answer(entry)] == third
+        assert min(abs(x - width / 3), abs(x - 2 * width / 3)) >= SIZE // 8  # never on a border between thirds
+
+
 def test_multi_choice_answers_are_listed_letters(synth):
     _, train, bench = synth
     letters = Counter()
@@ -287,10 +331,11 @@ def test_multi_choice_answers_are_listed_letters(synth):
 def test_options_come_in_a_fixed_order(synth):
     """The letter follows from what is seen: images in order, the four directions, the six colours, counts."""
     _, train, bench = synth
-    expected = {"SynthMotion": list(DIRECTIONS), "SynthDetail": list(COLOURS), "SynthScene3D": ["1", "2", "3", "4"]}
+    expected = {"SynthMotion": list(DIRECTIONS), "SynthDetail": list(COLOURS), "SynthScene3D": ["1", "2", "3", "4"],
+                "SynthColourChange": list(COLOURS), "SynthScenePlace": ["left", "middle", "right"]}
     for entry in train + bench:
         dataset = entry["metadata"]["dataset"]
-        if dataset == "SynthWhichMore":
+        if dataset in ("SynthWhichMore", "SynthFindImage"):
             assert list(_options(entry).values()) == [f"Image {i + 1}" for i in range(_human(entry).count("<image>"))]
         elif dataset in expected:
             assert list(_options(entry).values()) == expected[dataset]
@@ -305,7 +350,7 @@ def test_bench_is_held_out(synth):
 
 
 def test_summary_and_sizes(tmp_path):
-    summary = write_synthetic(tmp_path, 8, 3, bench_n=8, image_size=64)
+    summary = write_synthetic(tmp_path, 11, 3, bench_n=11, image_size=64)
     assert summary.train_counts == {name: 1 for name in DATASETS} == summary.bench_counts
     assert str(summary.train_json) in str(summary)
     train = json.loads(summary.train_json.read_text())
@@ -336,4 +381,5 @@ def test_cli_names_an_unknown_task_in_one_line(tmp_path, capsys):
 
     assert main(["data", "synth", "--out", str(tmp_path), "--n", "1", "--tasks", "SynthName,Nope"]) == 1
     assert capsys.readouterr().err.strip() == ("error: unknown synthetic task 'Nope'; choose from " + ", ".join(
-        ["SynthSpotDiff", "SynthWhichMore", "SynthCount", "SynthMotion", "SynthScene3D", "SynthDetail", "SynthDescribe", "SynthName"]))
+        ["SynthSpotDiff", "SynthWhichMore", "SynthCount", "SynthMotion", "SynthScene3D", "SynthDetail", "SynthDescribe",
+         "SynthName", "SynthFindImage", "SynthColourChange", "SynthScenePlace"]))

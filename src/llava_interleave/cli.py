@@ -29,11 +29,8 @@ COMMANDS: dict[str, Callable[[Any], int]] = {
 }
 
 
-def _model_options(p: argparse.ArgumentParser, bundled_default: bool = False) -> None:
-    if bundled_default:
-        p.add_argument("--model", default=None, help="checkpoint directory (either layout) or hub id; default: the bundled model")
-    else:
-        p.add_argument("--model", required=True, help="checkpoint directory (hf or original layout) or hub id")
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="checkpoint directory (either layout) or hub id; default: the bundled model")
     p.add_argument("--template", default="qwen_1_5", choices=["qwen_1_5", "hf"], help="prompt format (default qwen_1_5)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=sorted(commands.DTYPES), help="default: float32 on CPU, bfloat16 on GPU")
@@ -62,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="interactive multi-turn chat with images, video and views")
     _model_options(chat)
 
-    _model_options(sub.add_parser("demo", help="the bundled model (or --model) on one example of each task, answers next to the truth"),
-                   bundled_default=True)
+    _model_options(sub.add_parser("demo", help="the bundled model (or --model) on examples of each scenario, answers next to the truth"))
 
     conv = sub.add_parser("convert", help="write a checkpoint in the hf or original layout")
     conv.add_argument("source", help="checkpoint directory (either layout)")

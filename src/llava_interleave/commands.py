@@ -18,7 +18,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def load_for(args: Any) -> Pipeline:
-    """The pipeline the command-line options ask for; without --model (demo), the bundled model."""
+    """The pipeline the command-line options ask for; without --model, the bundled model."""
     pipe = load(args.model or bundled_model(), args.template, args.device, DTYPES[args.dtype] if args.dtype else None)
     pooling = getattr(args, "video_pooling", None)
     return pipe.with_processor(video_pooling=pooling) if pooling else pipe

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from .api import Pipeline
 from .assets import DEMO_BENCH
-from .data.synth import LETTERS
+from .data.drawn import LETTERS
 from .eval.bench import BenchItem, read_bench
 from .eval.runner import answer_items
 

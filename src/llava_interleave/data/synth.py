@@ -4,7 +4,7 @@ Why: the whole pipeline (loading, training, evaluation, scoring) should run offl
 that mean something. Shapes drawn from a seed have exactly known answers: a model that learns shows a rising
 bench score, a broken pipeline a flat one.
 
-Eight tasks, one `dataset` name each, cover the four scenarios and both question types:
+Eleven tasks, one `dataset` name each, cover the four scenarios and both question types:
   SynthSpotDiff   multi-image  open-ended    what changed between two images
   SynthWhichMore  multi-image  multi-choice  which of 2-4 images holds the most shapes of a colour
   SynthCount      multi-image  open-ended    how many of a shape across 2-4 images
@@ -13,6 +13,9 @@ Eight tasks, one `dataset` name each, cover the four scenarios and both question
   SynthDetail     multi-patch  multi-choice  the colour of the one small triangle in a large image
   SynthDescribe   multi-image  open-ended    every shape of two images: colour, kind and place (caption-like)
   SynthName       multi-image  open-ended    the one large shape of each of two images (the simplest to see)
+  SynthFindImage  multi-image  multi-choice  which of 2-4 images shows a colour        (the find tasks of
+  SynthColourChange  video     multi-choice  a shape's colour at the start or the end    synth_find.py: one
+  SynthScenePlace multi-view   multi-choice  in which third of the scene a colour is     skill, four scenarios)
 
 Every entry keeps what was drawn under `metadata["facts"]` (shapes as `[kind, colour, x, y, r]`: centre and
 half-size in pixels of that image) to re-derive answers from. The same seed gives byte-identical JSON.
@@ -30,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .drawn import Drawn, multi_choice
 from .media import write_mp4
 from .shapes import (
     COLOURS,
@@ -43,32 +47,12 @@ from .shapes import (
     place,
     radius_range,
 )
+from .synth_find import colour_change, find_image, scene_place
 
-LETTERS = "ABCDEFGH"
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 BENCH_SEED_OFFSET = 1_000_003  # the bench's own seed stream, far from any train seed a person would pick
-MC_SUFFIX = "Answer with the option's letter from the given choices directly."
 NUMBER_SUFFIX = "Answer with a single number."
 SCENE_COUNTS = (1, 2, 3, 4)  # the options of the multi-view count question
-
-
-@dataclass(frozen=True)
-class Drawn:
-    """One generated sample before it is written: pictures in slot order (video: its frames)."""
-
-    dataset: str
-    task: str
-    scenario: str  # "multi-image" | "video" | "multi-view" | "multi-patch"
-    question: str  # the text after the <image> slots, options included for multi-choice
-    answer: str
-    pictures: tuple[Image.Image, ...]
-    choices: tuple[str, ...] | None
-    facts: dict[str, Any]
-    instruction: str
-
-    @property
-    def question_type(self) -> str:
-        return "open-ended" if self.choices is None else "multi-choice"
 
 
 @dataclass(frozen=True)
@@ -87,18 +71,6 @@ class SynthSummary:
                 for name in sorted(set(self.train_counts) | set(self.bench_counts))]
         return "\n".join([f"wrote {self.train_json} ({sum(self.train_counts.values())} samples) and "
                           f"{self.bench_json} ({sum(self.bench_counts.values())} samples)", *rows])
-
-
-def _multi_choice(question: str, correct: str, options: Sequence[str]) -> tuple[str, tuple[str, ...], str]:
-    """The question with its options lettered (A), (B), ... in the given fixed order, and the correct letter.
-
-    Why a fixed order (image order, direction order, colour order) and not a shuffle: the letter then
-    follows from what is seen, as in sets like NLVR2's "(A) True (B) False". Shuffled options also ask the
-    model to bind letters to options in context, which small models trained for minutes do not learn
-    (measured: the tiny and nano presets stayed at chance even on text-only binding). Letters stay
-    balanced because the answers are drawn uniformly."""
-    text = "\n".join([question, *(f"({LETTERS[i]}) {option}" for i, option in enumerate(options)), MC_SUFFIX])
-    return text, tuple(options), LETTERS[list(options).index(correct)]
 
 
 def spot_difference(rng: np.random.Generator, size: int) -> Drawn:
@@ -148,7 +120,7 @@ def which_has_more(rng: np.random.Generator, size: int) -> Drawn:
     images = _images_with(rng, size, counts, lambda: (KINDS[int(rng.integers(3))], colour),
                           lambda: (KINDS[int(rng.integers(3))], pick_colour(rng, [colour])))
     best, labels = counts.index(max(counts)), [f"Image {i + 1}" for i in range(k)]
-    question, shown, letter = _multi_choice(f"Which image has the most {colour} shapes?", labels[best], labels)
+    question, shown, letter = multi_choice(f"Which image has the most {colour} shapes?", labels[best], labels)
     facts = {"colour": colour, "counts": counts, "shapes": images}
     pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
     return Drawn("SynthWhichMore", "which_has_more", "multi-image", question, letter, pictures, shown, facts,
@@ -192,7 +164,7 @@ def motion(rng: np.random.Generator, size: int) -> Drawn:
     still = place(rng, list(zip(kinds[1:], colours[1:])), free[:n_still], cell, radius_range(cell))
     mover = Shape(kinds[0], colours[0], path[0][0], path[0][1], r)
     pictures = tuple(draw_shapes((size, size), [*still, Shape(mover.kind, mover.colour, x, y, r)]) for x, y in path)
-    question, shown, letter = _multi_choice(f"In which direction does the {mover.name} move?", direction, tuple(DIRECTIONS))
+    question, shown, letter = multi_choice(f"In which direction does the {mover.name} move?", direction, tuple(DIRECTIONS))
     facts = {"direction": direction, "mover": mover, "path": [list(p) for p in path], "still": still}
     return Drawn("SynthMotion", "motion_direction", "video", question, letter, pictures, shown, facts,
                  "Watch the video and tell which shape moves and where to.")
@@ -213,7 +185,7 @@ def multi_view(rng: np.random.Generator, size: int) -> Drawn:
     pictures = tuple(world.crop((o, 0, o + size, size)) for o in offsets)
     views = [[Shape(s.kind, s.colour, s.x - o, s.y, s.r) for s in objects
               if o <= s.x - s.r and s.x + s.r < o + size] for o in offsets]  # the objects whole in each view
-    question, shown, letter = _multi_choice(
+    question, shown, letter = multi_choice(
         f"The {k} images are views of one scene from different positions; an object can appear in several "
         f"views. How many {colour} objects are in the scene?", str(count), tuple(str(c) for c in SCENE_COUNTS))
     facts = {"colour": colour, "count": count, "offsets": offsets, "objects": objects, "shapes": views}
@@ -226,14 +198,14 @@ def small_detail(rng: np.random.Generator, size: int) -> Drawn:
     coloured triangle, a little larger than the clutter. Squashed to the tower's size the triangle is a pixel
     or two and its colour a faint tint; cut into patches (anyres) it is legible, which is what multi-patch
     input is for."""
-    cell, width, height = max(size // 6, 8), size * 3, size * 2
+    cell, width, height = max(size // 4, 8), size * 3, size * 2
     count, colour = int(rng.integers(18, 31)), pick_colour(rng)
     specs = [(("circle", "square")[int(rng.integers(2))], GREY) for _ in range(count)]
     centres = grid_cells(rng, width, height, cell, count + 1)
     big = (max(3, round(cell * 0.35)), max(4, round(cell * 0.45)))  # a third of a cell wider than the clutter
     shapes = place(rng, [("triangle", colour)], centres[:1], cell, big)
     shapes += place(rng, specs, centres[1:], cell, (max(2, cell // 5), max(3, cell // 3)))
-    question, shown, letter = _multi_choice("What colour is the small triangle?", colour, tuple(COLOURS))
+    question, shown, letter = multi_choice("What colour is the small triangle?", colour, tuple(COLOURS))
     facts = {"colour": colour, "triangle": shapes[0], "shapes": [shapes]}
     return Drawn("SynthDetail", "small_detail", "multi-patch", question, letter,
                  (draw_shapes((width, height), shapes),), shown, facts, "Find the small triangle and name its colour.")
@@ -286,7 +258,8 @@ def name_shapes(rng: np.random.Generator, size: int) -> Drawn:
 Task = Callable[[np.random.Generator, int], Drawn]
 TASKS: dict[str, Task] = {"SynthSpotDiff": spot_difference, "SynthWhichMore": which_has_more, "SynthCount": count_across,
                           "SynthMotion": motion, "SynthScene3D": multi_view, "SynthDetail": small_detail,
-                          "SynthDescribe": describe, "SynthName": name_shapes}
+                          "SynthDescribe": describe, "SynthName": name_shapes, "SynthFindImage": find_image,
+                          "SynthColourChange": colour_change, "SynthScenePlace": scene_place}
 
 
 def pick_tasks(names: Sequence[str] | None) -> tuple[Task, ...]:
