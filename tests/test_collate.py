@@ -67,6 +67,20 @@ def test_packing_without_a_mask_uses_the_position_ids(encoded):
     assert _per_sample_loss(pipe, batch) == pytest.approx(padded, abs=1e-5)
 
 
+def test_sample_averaged_loss_is_the_sum_of_per_sample_means(encoded):
+    """`optim.loss_average=sample`: padded or packed, each sample's mean counts once, whatever its length."""
+    from llava_interleave.train.sft import sample_loss, token_loss
+
+    pipe, samples = encoded
+    for batch in (pad_collate(samples, pipe.config.pad_token_id), pack_collate([samples[:2], samples[2:]], pipe.config.pad_token_id)):
+        with torch.no_grad():
+            logits = pipe.model(batch.input_ids, batch.visuals, batch.attention_mask, batch.position_ids).logits
+        per_sample = _per_sample_loss(pipe, batch)
+        assert float(sample_loss(logits, batch.labels, batch.segment_ids)) == pytest.approx(sum(per_sample), abs=1e-4)
+        tokens = int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+        assert float(token_loss(logits, batch.labels)) / tokens != pytest.approx(sum(per_sample) / len(per_sample), abs=1e-4)
+
+
 def test_padding_waste_drops_with_packing(encoded):
     pipe, samples = encoded
     padded = pad_collate(samples, pipe.config.pad_token_id)

@@ -67,6 +67,7 @@ def test_yaml_and_overrides(tmp_path):
         (["batch_size=two"], "batch_size must be int"),
         (["optim.lr=fast"], "optim.lr must be a number"),
         (["optim.tune=[eyes]"], "unknown part 'eyes'"),
+        (["optim.loss_average=batch"], "loss_average must be token or sample"),
         (["model.checkpoint=x"], "exactly one of model.checkpoint"),
         (["nokey"], "not KEY=VALUE"),
     ],

@@ -63,6 +63,7 @@ class OptimSpec:
     schedule: str = "cosine"  # cosine | linear | constant, after a linear warmup
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
+    loss_average: str = "token"  # SFT: "token" (every supervised token counts the same, as LLaVA) or "sample"
 
     def lr_of(self, part: str) -> float:
         value = getattr(self, f"{part}_lr")
@@ -213,6 +214,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError("give exactly one of model.checkpoint (start from weights) and model.preset (a new model)")
     if not config.data.path:
         raise ConfigError("data.path is required: a .json/.jsonl file or a mixture .yaml")
+    if config.optim.loss_average not in ("token", "sample"):
+        raise ConfigError(f"optim.loss_average must be token or sample, not {config.optim.loss_average!r}")
     if config.optim.schedule not in ("cosine", "linear", "constant"):
         raise ConfigError(f"optim.schedule must be cosine, linear or constant, not {config.optim.schedule!r}")
     if config.distributed not in ("fsdp", "ddp"):

@@ -51,6 +51,23 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE_INDEX, reduction="sum")
 
 
+def sample_loss(logits: torch.Tensor, labels: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+    """Each sample's mean next-token cross-entropy, summed over the samples (packed rows included).
+
+    Why: averaged over tokens, a one-letter answer batched with 16-token captions gets a twentieth of the
+    gradient; averaged per sample, a multi-choice question weighs as much as a caption."""
+    target = labels[:, 1:].to(logits.device)
+    per_token = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX,
+                                reduction="none").view_as(target)
+    mask = target != IGNORE_INDEX
+    segments = segment_ids[:, 1:].to(logits.device) + 1  # the sample each predicted token belongs to
+    rows = torch.arange(target.shape[0], device=logits.device).unsqueeze(1) * (int(segments.max()) + 1)
+    ids = (rows + segments)[mask]
+    sums = torch.zeros(int(rows.max()) + int(segments.max()) + 1, device=logits.device).index_add(0, ids, per_token[mask])
+    counts = torch.bincount(ids, minlength=sums.shape[0])
+    return (sums[counts > 0] / counts[counts > 0]).sum()
+
+
 def forward_batch(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return model(batch.input_ids, batch.visuals, batch.attention_mask, batch.position_ids).logits
 
@@ -88,6 +105,9 @@ class SFTObjective:
         return dict(self.dataset.budget.skipped)
 
     def weight(self, items: Sequence[Encoded]) -> int:
+        """What the summed loss is divided by: supervised tokens, or samples with any (`optim.loss_average`)."""
+        if self.config.optim.loss_average == "sample":
+            return sum(supervised(e) > 0 for e in items)
         return sum(map(supervised, items))
 
     def collate(self, items: Sequence[Encoded]) -> Batch:
@@ -100,6 +120,8 @@ class SFTObjective:
     def loss(self, model: torch.nn.Module, items: Sequence[Encoded]) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.collate(items or [self.empty])  # a rank with no good sample still joins the collectives
         logits = forward_batch(model, batch)
+        if self.config.optim.loss_average == "sample":
+            return sample_loss(logits, batch.labels, batch.segment_ids), {"tokens": float(batch.num_tokens if items else 0)}
         return token_loss(logits, batch.labels), {"tokens": float(batch.num_tokens if items else 0)}
 
 
