@@ -9,7 +9,7 @@ set -euo pipefail
 work=$(realpath -m "${1:-.}")
 shift || true
 cd "$(dirname "$0")/.."
-tasks=SynthFindImage,SynthColourChange,SynthScenePlace,SynthDetail,SynthName
+tasks=SynthImageColour,SynthColourChange,SynthSceneSide,SynthDetail,SynthName
 llava-interleave data synth --out "$work/synth-align" --n "${N_ALIGN:-4800}" --seed 2 --bench-n 60 --tasks SynthName
 llava-interleave train recipes/nano-align.yaml data.path="$work/synth-align/train.json" out_dir="$work/runs/nano-align" "$@"
 llava-interleave data synth --out "$work/synth" --n "${N_TASKS:-4000}" --seed 0 --bench-n 150 --tasks "$tasks"

@@ -24,7 +24,7 @@ from llava_interleave.data.synth import DIRECTIONS, write_synthetic
 
 N, SEED, SIZE = 55, 7, 96  # 55 // 5 = 11 bench samples: every task once
 DATASETS = {"SynthSpotDiff", "SynthWhichMore", "SynthCount", "SynthMotion", "SynthScene3D", "SynthDetail", "SynthDescribe",
-            "SynthName", "SynthFindImage", "SynthColourChange", "SynthScenePlace"}
+            "SynthName", "SynthImageColour", "SynthColourChange", "SynthSceneSide"}
 SCENARIO_MODALITY = {"multi-image": Modality.IMAGE, "video": Modality.VIDEO, "multi-view": Modality.VIEW,
                      "multi-patch": Modality.PATCHES}
 
@@ -276,13 +276,13 @@ def _has_colour(picture: np.ndarray, colour: str) -> bool:
     return bool((np.abs(picture.astype(int) - np.array(COLOURS[colour])).sum(axis=-1) < 60).sum() > 20)
 
 
-def test_find_image_answers(synth):
+def test_image_colour_answers(synth):
     out, train, bench = synth
-    for entry, pictures in _still_pictures(out, _by(train + bench, "SynthFindImage")):
-        colour = entry["metadata"]["facts"]["colour"]
-        showing = [i for i, picture in enumerate(pictures) if _has_colour(picture, colour)]
-        assert len(showing) == 1 and 2 <= len(pictures) <= 4
-        assert _options(entry)[_answer(entry)] == f"Image {showing[0] + 1}" and f" {colour} shape?" in _human(entry)
+    for entry, pictures in _still_pictures(out, _by(train + bench, "SynthImageColour")):
+        shown = [[c for c in COLOURS if _has_colour(picture, c)] for picture in pictures]
+        assert all(len(colours) == 1 for colours in shown) and len({c[0] for c in shown}) == len(pictures) >= 2
+        k = int(re.search(r"the shape in Image (\d)\?", _human(entry)).group(1))
+        assert _options(entry)[_answer(entry)] == shown[k - 1][0]
 
 
 def test_colour_change_answers_match_the_decoded_video(synth):
@@ -300,18 +300,20 @@ def test_colour_change_answers_match_the_decoded_video(synth):
     assert len(entries) >= 5 and set(asked) == {"start", "end"}
 
 
-def test_scene_place_answers(synth):
-    _, train, bench = synth
-    for entry in _by(train + bench, "SynthScenePlace"):
+def test_scene_side_answers(synth):
+    out, train, bench = synth
+    sides = Counter()
+    for entry, pictures in _still_pictures(out, _by(train + bench, "SynthSceneSide")):
+        side = "left" if "at the left end" in _human(entry) else "right"
+        view = pictures[0] if side == "left" else pictures[-1]  # the end of the scene only the end view shows whole
+        colours = [c for c in COLOURS if _has_colour(view, c)]
+        xs = {c: np.nonzero(np.abs(view.astype(int) - np.array(COLOURS[c])).sum(axis=-1) < 60)[1].mean() for c in colours}
+        outermost = min(xs, key=xs.get) if side == "left" else max(xs, key=xs.get)
+        assert _options(entry)[_answer(entry)] == outermost and len(pictures) >= 2
         facts = entry["metadata"]["facts"]
-        views = [[(k, c, x + offset, y) for k, c, x, y, _ in view] for offset, view in zip(facts["offsets"], facts["shapes"])]
-        seen = {shape for view in views for shape in view}
-        assert len(seen) == len(facts["objects"])  # every object is whole in some view
-        (x,) = [x for _, colour, x, _ in seen if colour == facts["colour"]]
-        width = facts["offsets"][-1] + SIZE
-        third = "left" if x < width / 3 else "right" if x > 2 * width / 3 else "middle"
-        assert _options(entry)[_answer(entry)] == third
-        assert min(abs(x - width / 3), abs(x - 2 * width / 3)) >= SIZE // 8  # never on a border between thirds
+        assert all(any(o <= s[2] - s[4] and s[2] + s[4] < o + SIZE for o in facts["offsets"]) for s in facts["objects"])
+        sides[side] += 1
+    assert set(sides) == {"left", "right"}
 
 
 def test_multi_choice_answers_are_listed_letters(synth):
@@ -332,10 +334,10 @@ def test_options_come_in_a_fixed_order(synth):
     """The letter follows from what is seen: images in order, the four directions, the six colours, counts."""
     _, train, bench = synth
     expected = {"SynthMotion": list(DIRECTIONS), "SynthDetail": list(COLOURS), "SynthScene3D": ["1", "2", "3", "4"],
-                "SynthColourChange": list(COLOURS), "SynthScenePlace": ["left", "middle", "right"]}
+                "SynthColourChange": list(COLOURS), "SynthSceneSide": list(COLOURS), "SynthImageColour": list(COLOURS)}
     for entry in train + bench:
         dataset = entry["metadata"]["dataset"]
-        if dataset in ("SynthWhichMore", "SynthFindImage"):
+        if dataset == "SynthWhichMore":
             assert list(_options(entry).values()) == [f"Image {i + 1}" for i in range(_human(entry).count("<image>"))]
         elif dataset in expected:
             assert list(_options(entry).values()) == expected[dataset]
@@ -382,4 +384,4 @@ def test_cli_names_an_unknown_task_in_one_line(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path), "--n", "1", "--tasks", "SynthName,Nope"]) == 1
     assert capsys.readouterr().err.strip() == ("error: unknown synthetic task 'Nope'; choose from " + ", ".join(
         ["SynthSpotDiff", "SynthWhichMore", "SynthCount", "SynthMotion", "SynthScene3D", "SynthDetail", "SynthDescribe",
-         "SynthName", "SynthFindImage", "SynthColourChange", "SynthScenePlace"]))
+         "SynthName", "SynthImageColour", "SynthColourChange", "SynthSceneSide"]))

@@ -13,9 +13,9 @@ Eleven tasks, one `dataset` name each, cover the four scenarios and both questio
   SynthDetail     multi-patch  multi-choice  the colour of the one small triangle in a large image
   SynthDescribe   multi-image  open-ended    every shape of two images: colour, kind and place (caption-like)
   SynthName       multi-image  open-ended    the one large shape of each of two images (the simplest to see)
-  SynthFindImage  multi-image  multi-choice  which of 2-4 images shows a colour        (the find tasks of
-  SynthColourChange  video     multi-choice  a shape's colour at the start or the end    synth_find.py: one
-  SynthScenePlace multi-view   multi-choice  in which third of the scene a colour is     skill, four scenarios)
+  SynthImageColour   multi-image  multi-choice  the colour of the shape in image k of 2-4   (the colour tasks
+  SynthColourChange  video        multi-choice  a shape's colour at the start or the end    of synth_find.py)
+  SynthSceneSide     multi-view   multi-choice  the colour of the object at one end of a scene
 
 Every entry keeps what was drawn under `metadata["facts"]` (shapes as `[kind, colour, x, y, r]`: centre and
 half-size in pixels of that image) to re-derive answers from. The same seed gives byte-identical JSON.
@@ -47,7 +47,7 @@ from .shapes import (
     place,
     radius_range,
 )
-from .synth_find import colour_change, find_image, scene_place
+from .synth_find import colour_change, image_colour, scene_side
 
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 BENCH_SEED_OFFSET = 1_000_003  # the bench's own seed stream, far from any train seed a person would pick
@@ -198,11 +198,11 @@ def small_detail(rng: np.random.Generator, size: int) -> Drawn:
     coloured triangle, a little larger than the clutter. Squashed to the tower's size the triangle is a pixel
     or two and its colour a faint tint; cut into patches (anyres) it is legible, which is what multi-patch
     input is for."""
-    cell, width, height = max(size // 4, 8), size * 3, size * 2
+    cell, width, height = max(size // 3, 8), size * 3, size * 2
     count, colour = int(rng.integers(18, 31)), pick_colour(rng)
     specs = [(("circle", "square")[int(rng.integers(2))], GREY) for _ in range(count)]
     centres = grid_cells(rng, width, height, cell, count + 1)
-    big = (max(3, round(cell * 0.35)), max(4, round(cell * 0.45)))  # a third of a cell wider than the clutter
+    big = (max(3, round(cell * 0.4)), max(4, round(cell * 0.48)))  # larger than any of the clutter
     shapes = place(rng, [("triangle", colour)], centres[:1], cell, big)
     shapes += place(rng, specs, centres[1:], cell, (max(2, cell // 5), max(3, cell // 3)))
     question, shown, letter = multi_choice("What colour is the small triangle?", colour, tuple(COLOURS))
@@ -258,8 +258,8 @@ def name_shapes(rng: np.random.Generator, size: int) -> Drawn:
 Task = Callable[[np.random.Generator, int], Drawn]
 TASKS: dict[str, Task] = {"SynthSpotDiff": spot_difference, "SynthWhichMore": which_has_more, "SynthCount": count_across,
                           "SynthMotion": motion, "SynthScene3D": multi_view, "SynthDetail": small_detail,
-                          "SynthDescribe": describe, "SynthName": name_shapes, "SynthFindImage": find_image,
-                          "SynthColourChange": colour_change, "SynthScenePlace": scene_place}
+                          "SynthDescribe": describe, "SynthName": name_shapes, "SynthImageColour": image_colour,
+                          "SynthColourChange": colour_change, "SynthSceneSide": scene_side}
 
 
 def pick_tasks(names: Sequence[str] | None) -> tuple[Task, ...]:
