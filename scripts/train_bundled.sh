@@ -16,7 +16,7 @@ llava-interleave data synth --out "$work/synth" --n "${N_TASKS:-4000}" --seed 0 
 llava-interleave train recipes/nano.yaml model.checkpoint="$work/runs/nano-align/final" data.path="$work/synth/train.json" \
   out_dir="$work/runs/nano" "$@"
 # held out: a seed no stage trained on, both scoring protocols
-llava-interleave data synth --out "$work/heldout" --n 0 --seed 4242 --bench-n "${N_HELDOUT:-200}" --tasks "$tasks"
+llava-interleave data synth --out "$work/heldout" --n 0 --seed 4242 --bench-n "${N_HELDOUT:-500}" --tasks "$tasks"
 for protocol in paper harness; do
   llava-interleave eval --model "$work/runs/nano/final" --bench "$work/heldout/bench.json" --out "$work/heldout/$protocol" \
     --protocol "$protocol" --batch-size 16

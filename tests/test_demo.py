@@ -25,6 +25,14 @@ def test_demo_answers_each_task_next_to_the_truth(original_checkpoint, capsys):
         assert f"  truth: {shown}" in out, shown
 
 
+def test_demo_runs_the_bundled_model_by_default(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    for scenario in SCENARIOS:
+        assert f"[{scenario}]" in out, scenario
+    assert "error:" not in out and " answers equal the truth" in out
+
+
 def test_demo_without_a_model_says_what_is_missing(monkeypatch, tmp_path, capsys):
     from llava_interleave import assets
 

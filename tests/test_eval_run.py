@@ -23,10 +23,13 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 
+BENCH_N = 22  # two items of each of the eleven synthetic tasks
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("evalsynth") / "synth"
-    write_synthetic(out, n=12, seed=0, bench_n=12, image_size=48)
+    write_synthetic(out, n=12, seed=0, bench_n=BENCH_N, image_size=48)
     return out
 
 
@@ -74,7 +77,7 @@ def _answers(path: Path) -> dict[tuple[str, int], str]:
 
 def test_json_and_parquet_read_alike(synth, parquet_dir):
     from_json, from_parquet = read_bench(synth / "bench.json"), read_bench(parquet_dir, split="in_domain")
-    assert len(from_json) == 12
+    assert len(from_json) == BENCH_N
     for a, b in zip(from_json, from_parquet, strict=True):
         assert (a.id, a.dataset, a.category, a.split, a.question_type, a.turns) == (b.id, b.dataset, b.category, b.split, b.question_type, b.turns)
         assert len(a.images) == len(b.images)
@@ -86,8 +89,8 @@ def test_json_and_parquet_read_alike(synth, parquet_dir):
 def test_json_and_parquet_give_identical_predictions_and_scores(synth, parquet_dir, pipe, tmp_path):
     a = run_eval(_settings(synth / "bench.json", tmp_path / "json", batch_size=3), pipe)
     b = run_eval(_settings(parquet_dir, tmp_path / "parquet", split="in_domain", batch_size=3), pipe)
-    assert a.answered == b.answered == 12
-    assert _answers(a.predictions) == _answers(b.predictions) and len(_answers(a.predictions)) == 12
+    assert a.answered == b.answered == BENCH_N
+    assert _answers(a.predictions) == _answers(b.predictions) and len(_answers(a.predictions)) == BENCH_N
     assert a.scores == b.scores and set(a.scores.splits) == {"in_domain"}
     assert all(p.error is None for p in read_predictions(a.predictions))
     # the reference answers as predictions score 100: the scores are not zero by construction
@@ -103,9 +106,9 @@ def test_resume_answers_each_sample_once(synth, pipe, tmp_path, capsys):
     with open(run / "predictions.jsonl", "a") as f:
         f.write('{"sample_id": "synth-s0-bench-0000')  # killed in the middle of a line
     second = run_eval(_settings(synth / "bench.json", run, batch_size=3), pipe)
-    assert second.answered == 6
+    assert second.answered == BENCH_N - 6
     ids = [json.loads(line)["sample_id"] for line in (run / "predictions.jsonl").read_text().splitlines()]
-    assert sorted(ids) == sorted(set(ids)) and len(ids) == 12
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == BENCH_N
     assert _answers(second.predictions) == _answers(whole.predictions) and second.scores == whole.scores
     assert run_eval(_settings(synth / "bench.json", run, batch_size=3), pipe).answered == 0
     with pytest.raises(EvalSettingsError, match="frames"):

@@ -194,9 +194,9 @@ def multi_view(rng: np.random.Generator, size: int) -> Drawn:
 
 
 def small_detail(rng: np.random.Generator, size: int) -> Drawn:
-    """One large image (3x by 2x the base size) cluttered with small grey circles and squares and exactly one
-    coloured triangle, a little larger than the clutter. Squashed to the tower's size the triangle is a pixel
-    or two and its colour a faint tint; cut into patches (anyres) it is legible, which is what multi-patch
+    """One large image (3x by 2x the base size) cluttered with grey circles and squares and exactly one
+    coloured triangle, larger than the clutter. Squashed to a small tower's size (the bundled model's 64 px)
+    the triangle is a few pixels wide; cut into patches (anyres) it is twice that, which is what multi-patch
     input is for."""
     cell, width, height = max(size // 3, 8), size * 3, size * 2
     count, colour = int(rng.integers(18, 31)), pick_colour(rng)

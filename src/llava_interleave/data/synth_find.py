@@ -14,16 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .drawn import Drawn, multi_choice
-from .shapes import (
-    COLOURS,
-    KINDS,
-    Shape,
-    draw_shapes,
-    grid_cells,
-    pick_colour,
-    place,
-    radius_range,
-)
+from .shapes import COLOURS, KINDS, Shape, draw_shapes, pick_colour
 
 WHEN = ("start", "end")
 SIDES = ("left", "right")
