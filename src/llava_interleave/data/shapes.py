@@ -80,6 +80,13 @@ def place(rng: np.random.Generator, specs: Sequence[tuple[str, str]], centres: S
     return shapes
 
 
+def large_shape(rng: np.random.Generator, size: int, kind: str, colour: str) -> Shape:
+    """One shape near the middle of a `size`-px square image, 1/3 to 3/5 of it wide: its colour fills whole
+    patches of a small tower (the simplest thing there is to see)."""
+    x, y = (int(rng.integers(size * 3 // 8, size * 5 // 8 + 1)) for _ in range(2))
+    return Shape(kind, colour, x, y, int(rng.integers(size // 6, size * 3 // 10 + 1)))
+
+
 def radius_range(cell: int) -> tuple[int, int]:
     return max(2, round(cell * 0.28)), max(3, round(cell * 0.42))
 

@@ -43,6 +43,7 @@ from .shapes import (
     distinct_specs,
     draw_shapes,
     grid_cells,
+    large_shape,
     pick_colour,
     place,
     radius_range,
@@ -246,9 +247,7 @@ def describe(rng: np.random.Generator, size: int) -> Drawn:
 def name_shapes(rng: np.random.Generator, size: int) -> Drawn:
     """Two images of one large shape each, named (open-ended): the simplest thing to see, for the first
     steps of a model that has never seen anything (its colour fills whole patches of a small tower)."""
-    shapes = [Shape(kind, colour, int(rng.integers(size * 3 // 8, size * 5 // 8 + 1)),
-                    int(rng.integers(size * 3 // 8, size * 5 // 8 + 1)), int(rng.integers(size // 6, size * 3 // 10 + 1)))
-              for kind, colour in distinct_specs(rng, 2)]
+    shapes = [large_shape(rng, size, kind, colour) for kind, colour in distinct_specs(rng, 2)]
     answer = " ".join(f"Image {i + 1}: {s.a_name}." for i, s in enumerate(shapes))
     pictures = tuple(draw_shapes((size, size), [s]) for s in shapes)
     return Drawn("SynthName", "name_shapes", "multi-image", "What is the shape in each image?", answer, pictures, None,

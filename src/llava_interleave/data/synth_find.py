@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .drawn import Drawn, multi_choice
-from .shapes import COLOURS, KINDS, Shape, draw_shapes, pick_colour
+from .shapes import COLOURS, KINDS, Shape, draw_shapes, large_shape, pick_colour
 
 WHEN = ("start", "end")
 SIDES = ("left", "right")
@@ -24,10 +24,10 @@ def image_colour(rng: np.random.Generator, size: int) -> Drawn:
     """2-4 images of one large shape each, all colours different; the colour of the shape in image k."""
     k = int(rng.integers(2, 5))
     colours = [str(c) for c in rng.choice(list(COLOURS), size=k, replace=False)]
-    images = [[Shape(KINDS[int(rng.integers(3))], colour, *(int(v) for v in rng.integers(size * 3 // 8, size * 5 // 8 + 1, size=2)),
-                     int(rng.integers(size // 6, size * 3 // 10 + 1)))] for colour in colours]
+    images = [[large_shape(rng, size, KINDS[int(rng.integers(3))], colour)] for colour in colours]
     target = int(rng.integers(k))
-    question, shown, letter = multi_choice(f"What colour is the shape in Image {target + 1}?", colours[target], tuple(COLOURS))
+    question, shown, letter = multi_choice(f"What colour is the shape in Image {target + 1}?", colours[target],
+                                           tuple(COLOURS))
     pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
     return Drawn("SynthImageColour", "image_colour", "multi-image", question, letter, pictures, shown,
                  {"image": target, "shapes": images}, "Find the named image among several and tell its shape's colour.")
