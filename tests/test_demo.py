@@ -6,6 +6,7 @@ import json
 
 from llava_interleave.assets import DEMO_BENCH
 from llava_interleave.cli import main
+from llava_interleave.data.drawn import LETTERS
 
 SCENARIOS = ("multi-image", "video", "multi-view", "multi-patch")
 
@@ -21,7 +22,7 @@ def test_demo_answers_each_task_next_to_the_truth(original_checkpoint, capsys):
     for entry in entries:  # each true answer is printed, multi-choice letters with their option
         truth = entry["conversations"][1]["value"]
         options = entry["choice_list"]
-        shown = f"{truth} ({options['ABCDEFGH'.index(truth)]})" if options else truth
+        shown = f"{truth} ({options[LETTERS.index(truth)]})" if options else truth
         assert f"  truth: {shown}" in out, shown
 
 

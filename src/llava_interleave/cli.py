@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import commands, data_commands, demo, eval_commands, train_commands
+from .assets import MODEL_HELP
 from .errors import InterleaveError
 from .serve import command as serve_command
 
@@ -30,7 +31,7 @@ COMMANDS: dict[str, Callable[[Any], int]] = {
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="checkpoint directory (either layout) or hub id; default: the bundled model")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--template", default="qwen_1_5", choices=["qwen_1_5", "hf"], help="prompt format (default qwen_1_5)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=sorted(commands.DTYPES), help="default: float32 on CPU, bfloat16 on GPU")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .assets import bundled_model
+from .assets import MODEL_HELP, bundled_model
 from .eval.scoring import PROTOCOLS, format_scores, score_file
 
 
@@ -15,7 +15,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("eval", help="answer a LLaVA-Interleave-style bench, score it and write a report",
                        description="Greedy answers appended to OUT/predictions.jsonl (a rerun resumes); "
                                    "OUT/report.md, report.json and scores.png at the end. Runs sharded under torchrun.")
-    p.add_argument("--model", default=None, help="checkpoint directory (either layout) or hub id; default: the bundled model")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--bench", required=True, help="bench JSON/JSONL or parquet file, or a folder of the original JSON files or parquet configs")
     p.add_argument("--split", default=None, choices=["in_domain", "out_domain", "multi_view"],
                    help="which file / parquet config of a bench folder (default in_domain)")

@@ -1,7 +1,7 @@
 """Files shipped inside the package: the bundled model and the demo's example inputs.
 
-They live in the package (not beside it) so that `llava-interleave demo` works from any folder and from an
-installed wheel, with no download.
+They live in the package (not beside it) so that `demo`, and every other command run without `--model`,
+works from any folder and from an installed wheel, with no download.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from ..errors import CheckpointError
 HERE = Path(__file__).resolve().parent
 BUNDLED_MODEL = HERE / "nano"
 DEMO_BENCH = HERE / "demo" / "bench.json"
+MODEL_HELP = "checkpoint directory (either layout) or hub id; default: the bundled model"  # every --model option
 
 
 def bundled_model() -> Path:

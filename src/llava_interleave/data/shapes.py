@@ -87,6 +87,17 @@ def large_shape(rng: np.random.Generator, size: int, kind: str, colour: str) -> 
     return Shape(kind, colour, x, y, int(rng.integers(size // 6, size * 3 // 10 + 1)))
 
 
+def pan_views(objects: Sequence[Shape], width: int, size: int, k: int) -> tuple[list[int], tuple[Image.Image, ...], list[list[Shape]]]:
+    """A scene `width` px wide and `size` high seen by `k` square views panned evenly from its left edge to
+    its right: the views' left offsets, their pictures, and the objects whole in each (in view pixels)."""
+    world = draw_shapes((width, size), objects)
+    offsets = [int(o) for o in np.linspace(0, width - size, k).round()]
+    pictures = tuple(world.crop((o, 0, o + size, size)) for o in offsets)
+    views = [[Shape(s.kind, s.colour, s.x - o, s.y, s.r) for s in objects if o <= s.x - s.r and s.x + s.r < o + size]
+             for o in offsets]
+    return offsets, pictures, views
+
+
 def radius_range(cell: int) -> tuple[int, int]:
     return max(2, round(cell * 0.28)), max(3, round(cell * 0.42))
 

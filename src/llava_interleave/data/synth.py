@@ -44,6 +44,7 @@ from .shapes import (
     draw_shapes,
     grid_cells,
     large_shape,
+    pan_views,
     pick_colour,
     place,
     radius_range,
@@ -181,11 +182,7 @@ def multi_view(rng: np.random.Generator, size: int) -> Drawn:
     low, high = radius_range(cell)
     cap = (2 * size - width - 1) // 2  # an object 2r+1 wide fits in the overlap of neighbouring views
     objects = place(rng, specs, grid_cells(rng, width, size, cell, len(specs)), cell, (min(low, cap), min(high, cap)))
-    world = draw_shapes((width, size), objects)
-    offsets = [int(o) for o in np.linspace(0, width - size, k).round()]
-    pictures = tuple(world.crop((o, 0, o + size, size)) for o in offsets)
-    views = [[Shape(s.kind, s.colour, s.x - o, s.y, s.r) for s in objects
-              if o <= s.x - s.r and s.x + s.r < o + size] for o in offsets]  # the objects whole in each view
+    offsets, pictures, views = pan_views(objects, width, size, k)
     question, shown, letter = multi_choice(
         f"The {k} images are views of one scene from different positions; an object can appear in several "
         f"views. How many {colour} objects are in the scene?", str(count), tuple(str(c) for c in SCENE_COUNTS))

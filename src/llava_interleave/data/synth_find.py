@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .drawn import Drawn, multi_choice
-from .shapes import COLOURS, KINDS, Shape, draw_shapes, large_shape, pick_colour
+from .shapes import COLOURS, KINDS, Shape, draw_shapes, large_shape, pan_views, pick_colour
 
 WHEN = ("start", "end")
 SIDES = ("left", "right")
@@ -55,8 +55,8 @@ def colour_change(rng: np.random.Generator, size: int) -> Drawn:
 
 def scene_side(rng: np.random.Generator, size: int) -> Drawn:
     """A scene 7/4 views wide, panned by 2-4 overlapping views (as SynthScene3D), with one large object at
-    each end (and one between, sometimes, when three or more views show it whole), all colours different; the colour of the object at the asked end,
-    which only the first (left) or the last (right) view shows."""
+    each end (and, sometimes, one between when three or more views show it whole), all colours different;
+    the colour of the object at the asked end, which only the first (left) or the last (right) view shows."""
     k, width, r = int(rng.integers(2, 5)), size * 7 // 4, int(rng.integers(size // 8, size // 6 + 1))
     xs = [int(rng.integers(r + 2, size // 3)), int(rng.integers(width - size // 3, width - r - 2))]
     if k > 2 and rng.integers(2):  # two views share no whole middle; three or more show it
@@ -64,11 +64,7 @@ def scene_side(rng: np.random.Generator, size: int) -> Drawn:
     colours = [str(c) for c in rng.choice(list(COLOURS), size=len(xs), replace=False)]
     objects = [Shape(KINDS[int(rng.integers(3))], colour, x, int(rng.integers(r + 2, size - r - 2)), r)
                for colour, x in zip(colours, xs)]
-    world = draw_shapes((width, size), objects)
-    offsets = [int(o) for o in np.linspace(0, width - size, k).round()]
-    pictures = tuple(world.crop((o, 0, o + size, size)) for o in offsets)
-    views = [[Shape(s.kind, s.colour, s.x - o, s.y, s.r) for s in objects if o <= s.x - s.r and s.x + s.r < o + size]
-             for o in offsets]
+    offsets, pictures, views = pan_views(objects, width, size, k)
     side = SIDES[int(rng.integers(2))]
     answer = colours[SIDES.index(side)]
     question, shown, letter = multi_choice(

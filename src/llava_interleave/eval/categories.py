@@ -5,9 +5,10 @@ category (as the paper's tables and the harness list them). A dataset we do not 
 its own, so a new set is reported rather than dropped (the harness drops it silently).
 
 Our synthetic bench (`data synth`) is grouped by *scenario*: "Synth multi-image" (SynthSpotDiff,
-SynthWhichMore, SynthCount, SynthDescribe, SynthName, SynthImageColour), "Synth video" (SynthMotion, SynthColourChange),
-"Synth multi-view" (SynthScene3D, SynthSceneSide) and "Synth multi-patch" (SynthDetail). The paper's claims are per scenario (a model trained on interleaved
-data should hold up on each), and the frame-count / pooling ablation moves only the video category, so
+SynthWhichMore, SynthCount, SynthDescribe, SynthName, SynthImageColour), "Synth video" (SynthMotion,
+SynthColourChange), "Synth multi-view" (SynthScene3D, SynthSceneSide) and "Synth multi-patch"
+(SynthDetail). The paper's claims are per scenario (a model trained on interleaved data should hold up
+on each), and the frame-count / pooling ablation moves only the video category, so
 that is the grouping the numbers should answer to. The per-dataset scores stay in every report.
 """
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..assets import MODEL_HELP
 from .settings import Limits, ServeSettings
 
 KEY_ENV = "LLAVA_INTERLEAVE_API_KEY"
@@ -20,7 +21,7 @@ KEY_ENV = "LLAVA_INTERLEAVE_API_KEY"
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP API and a chat page at /",
                        description="Serve one model over an OpenAI-compatible API (POST /v1/chat/completions).")
-    p.add_argument("--model", default=None, help="checkpoint directory (either layout) or hub id; default: the bundled model")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--template", default="qwen_1_5", choices=["qwen_1_5", "hf"])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
@@ -45,7 +46,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     limits = Limits(int(args.max_body_mb * 2**20), args.max_images, args.max_frames, args.max_image_pixels,
                     args.default_max_tokens)
     return ServeSettings(
-        model_name=Path(args.model).name if args.model else "llava-interleave-nano",
+        model_name=(Path(args.model).name or str(args.model)) if args.model else "llava-interleave-nano",
         api_key=args.api_key or os.environ.get(KEY_ENV) or None,
         allow_remote_urls=args.allow_remote_urls,
         file_root=Path(args.file_root) if args.file_root else None,

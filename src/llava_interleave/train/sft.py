@@ -60,10 +60,10 @@ def sample_loss(logits: torch.Tensor, labels: torch.Tensor, segment_ids: torch.T
     per_token = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX,
                                 reduction="none").view_as(target)
     mask = target != IGNORE_INDEX
-    segments = segment_ids[:, 1:].to(logits.device) + 1  # the sample each predicted token belongs to
-    rows = torch.arange(target.shape[0], device=logits.device).unsqueeze(1) * (int(segments.max()) + 1)
-    ids = (rows + segments)[mask]
-    sums = torch.zeros(int(rows.max()) + int(segments.max()) + 1, device=logits.device).index_add(0, ids, per_token[mask])
+    segments = segment_ids[:, 1:].to(logits.device) + 1  # the sample of the row each predicted token belongs to
+    stride = int(segments.max()) + 1  # one id per (row, sample)
+    ids = (torch.arange(target.shape[0], device=logits.device).unsqueeze(1) * stride + segments)[mask]
+    sums = torch.zeros(target.shape[0] * stride, device=logits.device).index_add(0, ids, per_token[mask])
     counts = torch.bincount(ids, minlength=sums.shape[0])
     return (sums[counts > 0] / counts[counts > 0]).sum()
 
@@ -121,8 +121,10 @@ class SFTObjective:
         batch = self.collate(items or [self.empty])  # a rank with no good sample still joins the collectives
         logits = forward_batch(model, batch)
         if self.config.optim.loss_average == "sample":
-            return sample_loss(logits, batch.labels, batch.segment_ids), {"tokens": float(batch.num_tokens if items else 0)}
-        return token_loss(logits, batch.labels), {"tokens": float(batch.num_tokens if items else 0)}
+            loss = sample_loss(logits, batch.labels, batch.segment_ids)
+        else:
+            loss = token_loss(logits, batch.labels)
+        return loss, {"tokens": float(batch.num_tokens if items else 0)}
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
