@@ -16,15 +16,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from llava_interleave.assets.tiny import make_tokenizer
 from llava_interleave.config import InterleaveConfig, VisionConfig
 from llava_interleave.data.collate import pack_collate, pack_greedy, pad_collate
-from llava_interleave.data.dataset import DataConfig, SFTDataset
-from llava_interleave.data.m4 import JsonSource, MediaResolver, default_modality
+from llava_interleave.data.config import DataConfig
+from llava_interleave.data.dataset import SFTDataset
+from llava_interleave.data.m4 import MediaResolver, record_scenario
 from llava_interleave.data.processor import Processor
+from llava_interleave.data.records import JsonSource
 from llava_interleave.data.sampler import LengthGroupedBatches
 from llava_interleave.data.synth import write_synthetic
 from llava_interleave.data.templates import get_template
-from llava_interleave.testing import make_tokenizer
 
 
 def waste(batches: list[list[int]]) -> float:
@@ -46,7 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic(Path(tmp), args.n, seed=0)
         records = JsonSource(Path(tmp) / "train.json")
-        data = SFTDataset(records, MediaResolver(Path(tmp)), processor, DataConfig(num_frames=8))
+        data = SFTDataset(records, MediaResolver(Path(tmp)), processor, DataConfig(max_length=32768, num_frames=8))
         rates, encoded = [], []
         for _ in range(args.repeats):
             start = time.perf_counter()
@@ -55,7 +57,8 @@ def main() -> None:
                 pad_collate([e for e in encoded[i : i + args.batch_size] if e is not None], config.pad_token_id)
             rates.append(len(data) / (time.perf_counter() - start))
         samples = [e for e in encoded if e is not None]
-        modalities = [default_modality(records[i]).value for i, e in enumerate(encoded) if e is not None]
+        resolver = MediaResolver(Path(tmp))
+        modalities = [record_scenario(records[i], resolver, anyres=True).value for i, e in enumerate(encoded) if e is not None]
     lengths = [len(s) for s in samples]
     in_order = [lengths[k : k + args.batch_size] for k in range(0, len(lengths), args.batch_size)]
     grouped = [[lengths[i] for i in b] for b in LengthGroupedBatches(lengths, modalities, args.batch_size).batches()]

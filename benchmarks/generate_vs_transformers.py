@@ -43,8 +43,8 @@ Result = tuple[float, float, list[int]]  # (ttft seconds, decode seconds, token 
 
 
 def build_checkpoint(out: Path) -> Path:
+    from llava_interleave.assets.tiny import make_checkpoint, make_tokenizer, tiny_config
     from llava_interleave.config import TextConfig, VisionConfig
-    from llava_interleave.testing import make_checkpoint, make_tokenizer, tiny_config
 
     tokenizer = make_tokenizer()
     vision = VisionConfig(image_size=384, patch_size=14, hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4)

@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads (OMP_NUM_THREADS)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    from llava_interleave.testing import make_checkpoint, make_tokenizer, tiny_config
+    from llava_interleave.assets.tiny import make_checkpoint, make_tokenizer, tiny_config
 
     images = [_image_url(seed) for seed in range(8)]
     load = os.getloadavg()[0]

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny tokenizer, tiny random checkpoints in both layouts, small images on disk."""
+"""Shared fixtures: a tiny tokenizer, tiny random checkpoints in both layouts, small images on disk; and the
+`fast` marker on every test that no heavier tier (slow, subprocess, browser, gpu) claims."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from llava_interleave.assets.tiny import make_checkpoint, make_tokenizer, tiny_config
 from llava_interleave.config import ProcessorConfig
-from llava_interleave.testing import make_checkpoint, make_tokenizer, tiny_config
+
+HEAVY_TIERS = ("slow", "subprocess", "browser", "gpu")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so `-m fast` sees the marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in HEAVY_TIERS):
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture(scope="session")

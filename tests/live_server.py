@@ -1,14 +1,23 @@
-"""Run an ASGI app with uvicorn in a thread on a free loopback port, for the serving tests."""
+"""Run an ASGI app with uvicorn in a thread on a free loopback port, for the serving tests; wait for a
+condition with a deadline, so a server that never gets there fails the test instead of hanging it."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import uvicorn
+
+
+def wait_until(condition: Callable[[], bool], what: str, seconds: float = 30, poll: float = 0.01) -> None:
+    """Return once `condition()` holds; fail naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up after {seconds:g} s waiting for {what}"
+        time.sleep(poll)
 
 
 @contextmanager
@@ -19,10 +28,8 @@ def running(app) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
+    wait_until(lambda: server.started or not thread.is_alive(), "the server to start")
+    assert server.started, "the server thread ended without starting"
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:

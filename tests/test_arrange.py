@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from llava_interleave.config import ProcessorConfig, VisionConfig
-from llava_interleave.data.batch import VisualInput
-from llava_interleave.data.sample import Modality
 from llava_interleave.model.arrange import arrange, visual_token_count
+from llava_interleave.model.inputs import Modality, VisualInput
 
 SO400M = VisionConfig()
 
@@ -43,7 +42,7 @@ def test_arrange_length_equals_count(size, merge):
     grid = grid_shape(size, pinpoints, 28)
     count = visual_token_count(Modality.PATCHES, 1, size, vision, proc)
     crops = 1 + grid[0] * grid[1]
-    visual = VisualInput(torch.zeros(crops, 3, 28, 28), Modality.PATCHES, size, grid, count)
+    visual = VisualInput(pixel_values=torch.zeros(crops, 3, 28, 28), modality=Modality.PATCHES, image_size=size, grid=grid, num_tokens=count)
     newline = torch.ones(5) if merge == "spatial_unpad" else None
     out = arrange(torch.randn(crops, 16, 5), visual, newline, 4)
     assert out.shape == (count, 5)
@@ -54,7 +53,7 @@ def test_anyres_arrangement_order():
     size = (4, 2)  # a 1 x 2 grid of 2x2-px crops that the image fills exactly: nothing to un-pad
     features = torch.arange(3 * 1 * 1, dtype=torch.float).view(3, 1, 1).expand(3, 1, 1).clone()
     # grid of 1x1 features per crop: base=0, crop0=1, crop1=2
-    visual = VisualInput(torch.zeros(3, 3, 2, 2), Modality.PATCHES, size, (1, 2), 0)
+    visual = VisualInput(pixel_values=torch.zeros(3, 3, 2, 2), modality=Modality.PATCHES, image_size=size, grid=(1, 2), num_tokens=0)
     out = arrange(features, visual, torch.tensor([-1.0]), 1)
     assert out.flatten().tolist() == [0.0, 1.0, 2.0, -1.0]
 
@@ -64,6 +63,6 @@ def test_video_pooling_values():
     grid = 4
     frame = torch.arange(16, dtype=torch.float).view(16, 1)
     features = torch.stack([frame, frame + 100])  # (2 frames, 16, 1)
-    visual = VisualInput(torch.zeros(2, 3, 4, 4), Modality.VIDEO, (4, 4), None, 0, pooling="average")
+    visual = VisualInput(pixel_values=torch.zeros(2, 3, 4, 4), modality=Modality.VIDEO, image_size=(4, 4), grid=None, num_tokens=0, pooling="average")
     out = arrange(features, visual, torch.tensor([-1.0]), grid)
     assert out.flatten().tolist() == [2.5, 4.5, 10.5, 12.5, -1.0, 102.5, 104.5, 110.5, 112.5, -1.0]

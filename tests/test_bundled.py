@@ -56,6 +56,7 @@ def held_out(tmp_path_factory):
     return read_predictions(result.predictions), options
 
 
+@pytest.mark.slow  # its fixture evaluates the bundled model on 500 held-out items
 @pytest.mark.parametrize("scenario", list(MULTI_CHOICE))
 def test_multi_choice_far_above_chance_in_every_scenario(held_out, scenario):
     predictions, options = held_out

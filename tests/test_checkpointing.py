@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes survive crashes, pruning, tmp cleanup, RNG and exact training resume."""
+"""Checkpoints: atomic writes survive crashes, pruning, tmp cleanup, RNG and exact training resume; a manifest
+finds damaged files and resume falls back to the newest intact checkpoint."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from llava_interleave.errors import CheckpointError
 from llava_interleave.train import checkpointing as ckpt
 
 
@@ -19,7 +21,7 @@ def _draws() -> tuple[float, float, list[float]]:
 def test_save_load_roundtrip(tmp_path: Path):
     path = ckpt.save_checkpoint(tmp_path, 7, {"w": torch.arange(3), "pos": 12})
     assert path == tmp_path / "checkpoints" / "step-00000007"
-    assert (path / "COMPLETE").is_file()
+    assert (path / "MANIFEST.json").is_file()
     loaded = ckpt.load_checkpoint(path)
     assert loaded["pos"] == 12 and loaded["w"].tolist() == [0, 1, 2]
     assert ckpt.latest_checkpoint(tmp_path) == path
@@ -29,7 +31,7 @@ def test_no_checkpoint_returns_none(tmp_path: Path):
     assert ckpt.latest_checkpoint(tmp_path) is None
 
 
-@pytest.mark.parametrize("fail_at", ["_write_state", "_write_complete_marker"])
+@pytest.mark.parametrize("fail_at", ["_write_state", "_write_manifest"])
 def test_crash_midway_keeps_previous_latest(tmp_path: Path, monkeypatch, fail_at: str):
     good = ckpt.save_checkpoint(tmp_path, 1, {"value": 1})
     original = getattr(ckpt, fail_at)
@@ -146,3 +148,48 @@ def test_resume_reproduces_uninterrupted_training(tmp_path: Path):
 
     assert loaded["step"] == 3
     assert first + second == pytest.approx(straight, abs=1e-6)
+
+
+def _damage(file: Path, how: str) -> None:
+    size = file.stat().st_size
+    with open(file, "r+b") as handle:
+        if how == "truncate":
+            handle.truncate(size // 2)
+        else:  # 4 KB overwritten inside the tensor data
+            handle.seek(size // 2)
+            handle.write(b"\x7f" * 4096)
+
+
+@pytest.mark.parametrize("how, problem", [("truncate", "state.pt has"), ("overwrite", "state.pt does not match its sha256")])
+def test_a_damaged_file_no_longer_matches_its_manifest(tmp_path: Path, how: str, problem: str):
+    path = ckpt.save_checkpoint(tmp_path, 1, {"w": torch.randn(64, 1024)})
+    assert ckpt.verify_checkpoint(path) is None
+    _damage(path / "state.pt", how)
+    assert ckpt.verify_checkpoint(path).startswith(problem)
+    (path / "MANIFEST.json").write_text("{not json")
+    assert ckpt.verify_checkpoint(path) == "unreadable MANIFEST.json"
+    (path / "MANIFEST.json").unlink()
+    assert ckpt.verify_checkpoint(path).startswith("no MANIFEST.json")
+
+
+def test_resume_point_names_each_damaged_checkpoint_and_takes_the_newest_intact_one(tmp_path: Path):
+    for step in (2, 4, 6):
+        ckpt.save_checkpoint(tmp_path, step, {"w": torch.full((64, 1024), float(step))})
+    root = tmp_path / "checkpoints"
+    _damage(root / "step-00000006" / "state.pt", "overwrite")
+    (root / "step-00000004" / "state.pt").unlink()
+    warnings: list[str] = []
+    path, state = ckpt.resume_point(tmp_path, warnings.append)
+    assert path.name == "step-00000002" and state["w"][0, 0] == 2
+    assert warnings == [
+        f"checkpoint {root / 'step-00000006'} is damaged (state.pt does not match its sha256 in MANIFEST.json): not used",
+        f"checkpoint {root / 'step-00000004'} is damaged (state.pt is missing): not used",
+    ]
+    assert ckpt.resume_point(tmp_path / "elsewhere", warnings.append) is None
+
+
+def test_resume_point_refuses_when_no_checkpoint_is_intact(tmp_path: Path):
+    ckpt.save_checkpoint(tmp_path, 2, {"w": torch.zeros(64, 1024)})
+    _damage(tmp_path / "checkpoints" / "step-00000002" / "state.pt", "truncate")
+    with pytest.raises(CheckpointError, match=r"^cannot resume: no intact checkpoint in .* \(step-00000002 damaged\)"):
+        ckpt.resume_point(tmp_path, lambda line: None)

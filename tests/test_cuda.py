@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import llava_interleave
+from llava_interleave.engine import SamplingConfig
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def _messages(image_files, n):
@@ -31,13 +32,13 @@ def test_gpu_fp32_generation_matches_cpu(original_checkpoint, image_files):
     gpu = llava_interleave.load(original_checkpoint, dtype=torch.float32)
     cpu = llava_interleave.load(original_checkpoint, device="cpu")
     samples = [gpu.sample(_messages(image_files, n)) for n in (1, 3)]
-    assert [g.token_ids for g in gpu.generate_samples(samples, max_new_tokens=8)] == [
-        g.token_ids for g in cpu.generate_samples(samples, max_new_tokens=8)
+    assert [g.token_ids for g in gpu.generate_samples(samples, SamplingConfig(max_new_tokens=8))] == [
+        g.token_ids for g in cpu.generate_samples(samples, SamplingConfig(max_new_tokens=8))
     ]
 
 
 def test_gpu_bf16_batched_generation_runs(original_checkpoint, image_files):
     gpu = llava_interleave.load(original_checkpoint)
-    out = gpu.generate_samples([gpu.sample(_messages(image_files, n)) for n in (1, 2, 4)], max_new_tokens=6)
+    out = gpu.generate_samples([gpu.sample(_messages(image_files, n)) for n in (1, 2, 4)], SamplingConfig(max_new_tokens=6))
     for g in out:  # each answer runs to the token limit or ends at a stop token, never beyond
         assert len(g.token_ids) == 6 or (0 < len(g.token_ids) < 6 and g.token_ids[-1] in gpu.stop_ids)

@@ -8,8 +8,10 @@ import pytest
 
 import llava_interleave
 from llava_interleave.cli import main
-from llava_interleave.data.dataset import DataConfig, SFTDataset, SkipBudget, TooManyBadSamples
-from llava_interleave.data.m4 import JsonSource, MediaResolver
+from llava_interleave.data.config import DataConfig
+from llava_interleave.data.dataset import SFTDataset, SkipBudget, TooManyBadSamples
+from llava_interleave.data.m4 import MediaResolver
+from llava_interleave.data.records import JsonSource
 from llava_interleave.data.stats import TokenCounter, collect
 
 from .conftest import random_image

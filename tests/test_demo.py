@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from llava_interleave.assets import DEMO_BENCH
 from llava_interleave.cli import main
 from llava_interleave.data.drawn import LETTERS
@@ -26,6 +28,7 @@ def test_demo_answers_each_task_next_to_the_truth(original_checkpoint, capsys):
         assert f"  truth: {shown}" in out, shown
 
 
+@pytest.mark.slow  # the bundled model, on every shipped example
 def test_demo_runs_the_bundled_model_by_default(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out

@@ -86,6 +86,7 @@ def test_json_and_parquet_read_alike(synth, parquet_dir):
         read_bench(parquet_dir, split="out_domain")
 
 
+@pytest.mark.slow
 def test_json_and_parquet_give_identical_predictions_and_scores(synth, parquet_dir, pipe, tmp_path):
     a = run_eval(_settings(synth / "bench.json", tmp_path / "json", batch_size=3), pipe)
     b = run_eval(_settings(parquet_dir, tmp_path / "parquet", split="in_domain", batch_size=3), pipe)
@@ -98,6 +99,7 @@ def test_json_and_parquet_give_identical_predictions_and_scores(synth, parquet_d
     assert score(oracle, "paper").overall == pytest.approx(100.0, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_resume_answers_each_sample_once(synth, pipe, tmp_path, capsys):
     whole = run_eval(_settings(synth / "bench.json", tmp_path / "whole", batch_size=3), pipe)
     run = tmp_path / "resumed"
@@ -136,9 +138,9 @@ def test_multi_turn_uses_own_answers_and_a_bad_sample_fails_alone(synth, pipe, t
     seen = []
     real = pipe.generate_samples
 
-    def spy(samples, **sampling):
+    def spy(samples, sampling):
         seen.extend(samples)
-        return real(samples, **sampling)
+        return real(samples, sampling)
 
     monkeypatch.setattr(pipe, "generate_samples", spy)
     result = run_eval(_settings(_multi_turn_bench(synth, tmp_path), tmp_path / "chat", batch_size=2), pipe)
@@ -155,7 +157,7 @@ def test_multi_turn_uses_own_answers_and_a_bad_sample_fails_alone(synth, pipe, t
 
 def test_frames_and_pooling_reach_the_video(synth, pipe, tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(type(pipe), "generate_samples", lambda self, samples, **kw: seen.append((self, samples)) or
+    monkeypatch.setattr(type(pipe), "generate_samples", lambda self, samples, sampling: seen.append((self, samples)) or
                         [type("G", (), {"text": "A"})() for _ in samples])
     run_eval(_settings(synth / "bench.json", tmp_path / "v", datasets=("SynthMotion",), frames=4, video_pooling="average"), pipe)
     assert len(seen) == 2
@@ -181,6 +183,8 @@ def test_eval_command_writes_the_report(synth, original_checkpoint, tmp_path, ca
     assert main(["eval", "--model", "x", "--bench", "y", "--out", str(out), "--batch-size", "0"]) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
 def test_two_processes_under_torchrun_match_one(synth, original_checkpoint, pipe, tmp_path):
     one = run_eval(_settings(synth / "bench.json", tmp_path / "one", max_new_tokens=4), pipe)

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from llava_interleave.cli import main
-from llava_interleave.eval.categories import category_of, place
+from llava_interleave.eval.categories import place
 from llava_interleave.eval.metrics import harness_choice, harness_score, normalize, paper_choice, paper_score, rouge_l
 from llava_interleave.eval.scoring import Prediction, PredictionsError, read_predictions, score
 
@@ -108,14 +108,15 @@ def test_rouge_l_equals_the_rouge_package():
 
 
 def test_categories():
-    assert category_of("Birds-to-Words") == "Spot-the-Diff" and category_of("ocr_vqa") == "Text-Rich-VQA"
+    assert place("Birds-to-Words").category == "Spot-the-Diff" and place("ocr_vqa").category == "Text-Rich-VQA"
     assert place("NuScenes").split == "multi_view" and place("MathVerse").category == "MathVerse-mv"
-    assert category_of("SynthMotion") == "Synth video" and category_of("SynthCount") == "Synth multi-image"
+    assert place("SynthMotion").category == "Synth video" and place("SynthCount").category == "Synth multi-image"
     assert place("MyNewSet").category == "MyNewSet" and place("MyNewSet").split is None
 
 
 def _p(sample_id, dataset, prediction, answer, qtype="multi-choice", split="in_domain", turn=0):
-    return Prediction(sample_id, dataset, category_of(dataset), split, qtype, prediction, answer, turn)
+    return Prediction(sample_id=sample_id, dataset=dataset, category=place(dataset).category, split=split,
+                      question_type=qtype, prediction=prediction, answer=answer, turn=turn)
 
 
 def test_aggregation_differs_by_protocol():

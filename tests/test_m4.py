@@ -1,4 +1,5 @@
-"""M4-Instruct / LLaVA data loading: the lazy JSON/JSONL index, mixtures, media resolution, `to_sample`."""
+"""M4-Instruct / LLaVA data loading: the lazy JSON/JSONL index and mixtures (records.py), media resolution and
+`to_sample` (m4.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from llava_interleave.data import m4
-from llava_interleave.data.m4 import DataError, JsonSource, MediaResolver, Record, load_mixture, open_records, to_sample
+from llava_interleave.data import m4, records
+from llava_interleave.data.m4 import MediaResolver, to_sample
+from llava_interleave.data.records import DataError, JsonSource, Record, load_mixture, open_records
 from llava_interleave.data.sample import Modality, Text, Visual
-from llava_interleave.errors import MediaError, PromptError
+from llava_interleave.errors import MediaError
 
 from .conftest import random_image, write_clip
 
@@ -119,7 +121,7 @@ def test_mixture_strategies_counts_and_determinism(tmp_path):
     config = tmp_path / "cfg"
     config.mkdir()
 
-    def mixture(strategy: str, seed: int = 0, path: str = "../data/b.jsonl") -> m4.Mixture:
+    def mixture(strategy: str, seed: int = 0, path: str = "../data/b.jsonl") -> records.Mixture:
         (config / "mix.yaml").write_text(f"datasets:\n  - json_path: {path}\n    sampling_strategy: '{strategy}'\n")
         return load_mixture(config / "mix.yaml", seed)
 
@@ -199,27 +201,29 @@ def test_to_sample_modalities(tmp_path):
     multi = (("human", "<image><image>q"), ("gpt", "a"))
 
     def visuals(record: Record) -> tuple[Visual, ...]:
-        return to_sample(record, resolver, num_frames=4).visuals
+        return to_sample(record, resolver, num_frames=4, anyres=True).visuals
 
-    video = visuals(Record("v", (), "clip.mp4", turns))
+    video = visuals(Record(id="v", images=(), video="clip.mp4", turns=turns))
     assert [v.modality for v in video] == [Modality.VIDEO] and len(video[0].frames) == 4
-    folder = visuals(Record("f", (), "clip_frames", turns))
+    folder = visuals(Record(id="f", images=(), video="clip_frames", turns=turns))
     assert folder[0].modality == Modality.VIDEO and len(folder[0].frames) == 4
-    assert visuals(Record("p", ("img0.png",), None, turns))[0].modality == Modality.PATCHES
-    assert {v.modality for v in visuals(Record("i", ("img0.png", "img1.png"), None, multi))} == {Modality.IMAGE}
+    assert visuals(Record(id="p", images=("img0.png",), video=None, turns=turns))[0].modality == Modality.PATCHES
+    assert {v.modality for v in visuals(Record(id="i", images=("img0.png", "img1.png"), video=None, turns=multi))} == {Modality.IMAGE}
     for meta in ({"scenario": "multi-view"}, {"dataset": "ScanQA"}, {"dataset": "3D-LLM-Planning"}, {"dataset": "nuscenes"}):
-        assert {v.modality for v in visuals(Record("3d", ("img0.png", "img1.png"), None, multi, meta))} == {Modality.VIEW}
-    assert m4.modality_of(Record("x", ("img0.png",), None, turns, {"dataset": "ScanNet_chat"})) == Modality.VIEW
+        assert {v.modality for v in visuals(Record(id="3d", images=("img0.png", "img1.png"), video=None, turns=multi, metadata=meta))} == {Modality.VIEW}
+    assert m4.record_scenario(Record(id="x", images=("img0.png",), video=None, turns=turns, metadata={"dataset": "ScanNet_chat"}), resolver,
+                              anyres=True) == Modality.VIEW
+    lone = Record(id="p", images=("img0.png",), video=None, turns=turns)
+    assert to_sample(lone, resolver, num_frames=4, anyres=False).visuals[0].modality == Modality.IMAGE
+    assert m4.record_scenario(lone, resolver, anyres=False) == Modality.IMAGE
+    assert m4.record_scenario(Record(id="v", images=("img0.png",), video="ghost.mp4", turns=multi), resolver, anyres=True) == Modality.VIDEO
 
 
 def test_to_sample_slot_placement_across_turns(tmp_path):
     for i in range(3):
         random_image(i).save(tmp_path / f"img{i}.png")
-    record = Record(
-        "multi", ("img0.png", "img1.png", "img2.png"), None,
-        (("system", "be brief"), ("human", "<image> vs <image>?"), ("gpt", "same"), ("human", "and <image>?"), ("gpt", "no")),
-    )
-    sample = to_sample(record, MediaResolver(tmp_path))
+    record = Record(id="multi", images=("img0.png", "img1.png", "img2.png"), video=None, turns=(("system", "be brief"), ("human", "<image> vs <image>?"), ("gpt", "same"), ("human", "and <image>?"), ("gpt", "no")))
+    sample = to_sample(record, MediaResolver(tmp_path), num_frames=4, anyres=True)
     assert sample.id == "multi" and [t.role for t in sample.turns] == ["system", "user", "assistant", "user", "assistant"]
     first, third = sample.turns[1].segments, sample.turns[3].segments
     assert [type(s) for s in first] == [Visual, Text, Visual, Text] and first[1] == Text(" vs ")
@@ -231,13 +235,13 @@ def test_to_sample_slot_placement_across_turns(tmp_path):
 def test_to_sample_without_slots_and_with_broken_records(tmp_path):
     random_image(0).save(tmp_path / "img0.png")
     resolver = MediaResolver(tmp_path)
-    sample = to_sample(Record("n", ("img0.png",), None, (("human", "describe"), ("gpt", "a"))), resolver)
+    sample = to_sample(Record(id="n", images=("img0.png",), video=None, turns=(("human", "describe"), ("gpt", "a"))), resolver, num_frames=4, anyres=True)
     assert [type(s) for s in sample.turns[0].segments] == [Visual, Text]
-    with pytest.raises(PromptError, match="2 <image> slot"):
-        to_sample(Record("m", ("img0.png",), None, (("human", "<image><image>"), ("gpt", "a"))), resolver)
-    with pytest.raises(PromptError, match="only user turns"):
-        to_sample(Record("g", ("img0.png",), None, (("human", "<image>"), ("gpt", "<image>"))), resolver)
+    with pytest.raises(DataError, match="2 <image> slot"):
+        to_sample(Record(id="m", images=("img0.png",), video=None, turns=(("human", "<image><image>"), ("gpt", "a"))), resolver, num_frames=4, anyres=True)
+    with pytest.raises(DataError, match="only user turns"):
+        to_sample(Record(id="g", images=("img0.png",), video=None, turns=(("human", "<image>"), ("gpt", "<image>"))), resolver, num_frames=4, anyres=True)
     with pytest.raises(DataError, match="unknown speaker"):
-        to_sample(Record("u", (), None, (("robot", "hi"),)), resolver)
+        to_sample(Record(id="u", images=(), video=None, turns=(("robot", "hi"),)), resolver, num_frames=4, anyres=True)
     with pytest.raises(MediaError, match="not found"):
-        to_sample(Record("x", ("missing.png",), None, (("human", "<image>"), ("gpt", "a"))), resolver)
+        to_sample(Record(id="x", images=("missing.png",), video=None, turns=(("human", "<image>"), ("gpt", "a"))), resolver, num_frames=4, anyres=True)

@@ -8,12 +8,11 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 import llava_interleave
+from llava_interleave.assets.tiny import tiny_config
 from llava_interleave.data.sample import Modality
 from llava_interleave.model.checkpoint import HUB_CHAT_TEMPLATE, load_model
 from llava_interleave.model.language_model import qwen2_config
 from llava_interleave.model.vision_tower import siglip_config
-from llava_interleave.testing import tiny_config
-
 
 try:  # transformers >= 5 has backends; the PIL one resizes exactly as the original code did
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil as PilImageProcessor

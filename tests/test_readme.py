@@ -40,6 +40,8 @@ def test_readme_has_the_examples():
     assert len(_cli_lines()) >= 6 and len(_blocks("python")) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("line", _cli_lines())
 def test_cli_example_runs(line, original_checkpoint, workdir):
     result = subprocess.run(["bash", "-c", line], cwd=workdir, env=_env(original_checkpoint), capture_output=True, text=True, timeout=300)
@@ -47,12 +49,15 @@ def test_cli_example_runs(line, original_checkpoint, workdir):
     assert result.stdout.strip()
 
 
+@pytest.mark.slow
 def test_python_example_runs(original_checkpoint, workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     exec(compile(_blocks("python")[0], "README.md", "exec"), {"MODEL": str(original_checkpoint)})
     assert capsys.readouterr().out.strip()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.skipif(not (ROOT / ".venv").is_dir(), reason="run.sh works on the project's .venv, made by test.sh")
 def test_main_command_runs():
     result = subprocess.run([str(ROOT / "run.sh")], cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -10,12 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from llava_interleave.train.config import load_config
 from llava_interleave.train.runlog import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_script_trains_both_stages_and_scores_them(tmp_path):
     env = {**os.environ, "N_ALIGN": "32", "N_TASKS": "30", "N_HELDOUT": "10", "OMP_NUM_THREADS": "2",
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}

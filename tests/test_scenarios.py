@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import llava_interleave
+from llava_interleave.assets.tiny import make_checkpoint, tiny_config
 from llava_interleave.config import ProcessorConfig, VisionConfig
 from llava_interleave.data.media import load_video
 from llava_interleave.data.sample import Modality
+from llava_interleave.engine import SamplingConfig
 from llava_interleave.model.anyres import anyres_token_count
-from llava_interleave.testing import make_checkpoint, tiny_config
 
 from .conftest import write_clip
 
@@ -85,17 +86,21 @@ def test_lone_image_uses_anyres_and_several_images_do_not(original_checkpoint, i
     assert len(pipe.engine.generate([lone], llava_interleave.engine.SamplingConfig(max_new_tokens=2))[0]) == 2
 
 
-def test_a_lone_training_image_is_one_image_for_a_model_without_anyres(hf_checkpoint, image_files):
-    """Training data marks every lone image as multi-patch; a squash model (hf layout) must still see one crop."""
-    from llava_interleave.api import image_visual
-    from llava_interleave.data.sample import Sample, Turn, fill_slots
+def test_a_lone_image_is_one_image_for_a_model_without_anyres(hf_checkpoint, image_files):
+    """The modality rule gives a squash model (hf layout) one crop for a lone image, and the processor refuses
+    a multi-patch item it cannot cut, instead of quietly deciding again."""
+    from llava_interleave.data.sample import Sample, Turn, Visual, fill_slots
+    from llava_interleave.errors import PromptError
 
     pipe = llava_interleave.load(hf_checkpoint, device="cpu")
-    patches = image_visual(image_files[4], Modality.PATCHES)
-    encoded = pipe.processor.encode(Sample((Turn("user", fill_slots("Details?", [patches])),)))
+    encoded = pipe.processor.encode(pipe.sample([{"role": "user", "content": [{"type": "image", "image": image_files[4]}, "Details?"]}]))
     (visual,) = encoded.visuals
     assert visual.modality == Modality.IMAGE and visual.pixel_values.shape[0] == 1
     assert visual.num_tokens == pipe.config.vision.tokens_per_image
+    patches = Visual((pipe.sample([{"role": "user", "content": [{"type": "image", "image": image_files[4]}]}]).visuals[0].frames[0],),
+                     Modality.PATCHES)
+    with pytest.raises(PromptError, match="anyres"):
+        pipe.processor.encode(Sample((Turn("user", fill_slots("Details?", [patches])),)))
 
 
 def test_pad_aspect_pads_with_mean_colour(tokenizer, tmp_path, image_files):
@@ -115,4 +120,27 @@ def test_with_processor_leaves_the_original_pipeline_as_it_was(odd_grid_checkpoi
     counts = [p.processor.encode(p.sample(messages)).visuals[0].num_tokens for p in (plain, pooled)]
     assert counts == [4 * (25 + 1), 4 * (4 + 1)]
     for pipe in (plain, pooled):  # both run on the one shared model
-        assert len(pipe.generate_samples([pipe.sample(messages)], max_new_tokens=2)[0].token_ids) == 2
+        assert len(pipe.generate_samples([pipe.sample(messages)], SamplingConfig(max_new_tokens=2))[0].token_ids) == 2
+
+
+def test_several_images_are_padded_to_square_on_an_anyres_checkpoint(original_checkpoint, image_files):
+    """As the released checkpoints were trained and are evaluated: a lone image goes through anyres, several
+    images (and frames, views) are padded to a square of the mean colour; `multi_aspect` squash squashes them."""
+    from PIL import Image
+
+    from llava_interleave.assets import bundled_model
+    from llava_interleave.data.image_processing import pad_to_square, to_tensor
+
+    pipe = llava_interleave.load(original_checkpoint, device="cpu")
+    proc, size = pipe.config.processor, pipe.config.vision.image_size
+    messages = [{"role": "user", "content": [{"type": "image", "image": p} for p in image_files[4:6]]}]
+    wide = Image.open(image_files[5]).convert("RGB")
+    assert wide.size[0] != wide.size[1]
+    padded = pipe.processor.encode(pipe.sample(messages)).visuals[1].pixel_values[0]
+    assert torch.equal(padded, to_tensor(pad_to_square(wide, proc.image_mean), size, proc.image_mean, proc.image_std))
+    squashing = pipe.with_processor(multi_aspect="squash")
+    squashed = squashing.processor.encode(squashing.sample(messages)).visuals[1].pixel_values[0]
+    assert torch.equal(squashed, to_tensor(wide, size, proc.image_mean, proc.image_std))
+    lone = pipe.processor.encode(pipe.sample([{"role": "user", "content": [{"type": "image", "image": image_files[5]}]}]))
+    assert lone.visuals[0].modality == Modality.PATCHES
+    assert llava_interleave.load(bundled_model(), device="cpu").config.processor.multi_aspect == "squash"

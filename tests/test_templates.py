@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from llava_interleave.assets.tiny import tiny_config
 from llava_interleave.data.processor import IGNORE_INDEX, Processor
 from llava_interleave.data.sample import Modality, Sample, Text, Turn, Visual, fill_slots
 from llava_interleave.data.templates import get_template
 from llava_interleave.errors import PromptError
-from llava_interleave.testing import tiny_config
 
 from .conftest import random_image
 

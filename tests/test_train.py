@@ -9,18 +9,21 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 
 from llava_interleave.cli import main
 from llava_interleave.data.synth import write_synthetic
+from llava_interleave.data.templates import TEMPLATES, TemplateName
 from llava_interleave.model.checkpoint import load_model
 from llava_interleave.model.llava import LlavaInterleave
 from llava_interleave.train import trainer as trainer_module
 from llava_interleave.train.build import add_lora
-from llava_interleave.train.config import ConfigError, LoraSpec, load_config
+from llava_interleave.train.config import ConfigError, LoraSpec, Preset, load_config
 from llava_interleave.train.plan import StepPlan
+from llava_interleave.train.presets import TEXT, VISION
 from llava_interleave.train.runlog import read_log
 from llava_interleave.train.schedule import lr_factor
 from llava_interleave.train.sft import train
@@ -66,8 +69,16 @@ def test_yaml_and_overrides(tmp_path):
         (["optim.lrr=1"], "unknown key optim.lrr"),
         (["batch_size=two"], "batch_size must be int"),
         (["optim.lr=fast"], "optim.lr must be a number"),
-        (["optim.tune=[eyes]"], "unknown part 'eyes'"),
-        (["optim.loss_average=batch"], "loss_average must be token or sample"),
+        (["optim.tune=[eyes]"], "optim.tune must be one of vision_tower, projector, llm, got 'eyes'"),
+        (["optim.loss_average=batch"], "optim.loss_average must be one of token, sample, got 'batch'"),
+        (["data.truncation=cut"], "data.truncation must be one of drop, trailing_turns, got 'cut'"),
+        (["model.template=llama"], "model.template must be one of qwen_1_5, hf, got 'llama'"),
+        (["optim.schedule=step"], "optim.schedule must be one of cosine, linear, constant, got 'step'"),
+        (["distributed=zero"], "distributed must be one of fsdp, ddp, got 'zero'"),
+        (["dtype=float64"], "dtype must be one of float32, bfloat16, float16, got 'float64'"),
+        (["model.processor={image_aspect: wide}"],
+         "model.processor.image_aspect must be one of squash, pad, anyres, got 'wide'"),
+        (["model.processor={nope: 1}"], "unknown key model.processor.nope"),
         (["model.checkpoint=x"], "exactly one of model.checkpoint"),
         (["nokey"], "not KEY=VALUE"),
     ],
@@ -75,6 +86,27 @@ def test_yaml_and_overrides(tmp_path):
 def test_config_errors_say_what_is_wrong(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["model.preset=tiny", "data.path=x.json", *overrides])
+
+
+def test_a_bad_choice_in_yaml_names_the_key_the_value_and_the_choices(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {preset: huge}\ndata: {path: x.json}\n")
+    with pytest.raises(ConfigError, match="model.preset must be one of tiny, nano, got 'huge'"):
+        load_config(path)
+    path.write_text("model: {preset: tiny}\ndata: {path: x.json, truncation: cut}\n")
+    with pytest.raises(ConfigError, match="data.truncation must be one of drop, trailing_turns, got 'cut'"):
+        load_config(path)
+
+
+def test_choices_are_the_ones_the_code_knows():
+    assert set(get_args(TemplateName)) == set(TEMPLATES) and set(get_args(Preset)) == set(VISION) == set(TEXT)
+
+
+def test_the_placement_seed_follows_the_run_seed_unless_given():
+    base = ["model.preset=tiny", "data.path=x.json"]
+    assert load_config(None, base).data.seed == 0
+    assert load_config(None, [*base, "seed=5"]).data.seed == 5
+    assert load_config(None, [*base, "seed=5", "data.seed=2"]).data.seed == 2
 
 
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")), ids=lambda p: p.name)
@@ -102,6 +134,7 @@ def test_two_processes_see_different_halves_of_the_same_global_batch():
 
 
 # ---------------------------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_losses(synth, tmp_path, monkeypatch):
     train(config(synth, tmp_path / "full", "max_steps=6", "save_every=2"))
     original = trainer_module.Trainer.step
@@ -122,6 +155,7 @@ def test_kill_and_resume_gives_the_same_losses(synth, tmp_path, monkeypatch):
     assert all(a != b for a, b in zip(losses(tmp_path / "full"), losses(tmp_path / "full")[1:]))
 
 
+@pytest.mark.slow
 def test_grad_accumulation_and_packing_leave_the_loss_unchanged(synth, tmp_path):
     train(config(synth, tmp_path / "plain"))
     train(config(synth, tmp_path / "accum", "batch_size=2", "grad_accum=2"))
@@ -132,6 +166,7 @@ def test_grad_accumulation_and_packing_leave_the_loss_unchanged(synth, tmp_path)
     assert reference[-1] < reference[0]
 
 
+@pytest.mark.slow
 def test_a_mixture_yaml_and_gradient_checkpointing_train_the_same_samples(synth, tmp_path):
     mixture = tmp_path / "mix.yaml"
     mixture.write_text(f"datasets:\n  - json_path: {synth}\n    sampling_strategy: all\n")
@@ -153,6 +188,7 @@ def test_only_tuned_parts_change_each_at_its_learning_rate(synth, tmp_path, toke
     assert read_log(tmp_path)[0]["lr"] == 1e-2
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_and_exports_a_merged_model(synth, tmp_path):
     final = train(config(synth, tmp_path, "lora.enabled=true", "lora.r=4", "lora.dropout=0", "optim.tune=[llm]"))
     merged, _ = load_model(final, "cpu")
@@ -168,12 +204,14 @@ def test_lora_trains_adapters_and_exports_a_merged_model(synth, tmp_path):
         assert torch.allclose(unmerged.eval()(ids).logits, merged(ids).logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tensorboard_events_are_written(synth, tmp_path):
     train(config(synth, tmp_path, "max_steps=2", "tensorboard=true"))
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 100
 
 
+@pytest.mark.slow
 def test_cli_train_skips_bad_samples_plots_and_exports(synth, tmp_path, capsys):
     entries = json.loads(synth.read_text())
     entries[0]["image"] = ["missing.png"] * len(entries[0].get("image", []) or [1])
@@ -206,6 +244,8 @@ def torchrun(synth: Path, out: Path, *extra: str) -> subprocess.CompletedProcess
     return done
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
 @pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
 def test_torchrun_two_processes_match_one(synth, tmp_path, strategy):
@@ -216,9 +256,12 @@ def test_torchrun_two_processes_match_one(synth, tmp_path, strategy):
     assert load_model(tmp_path / "two" / "final", "cpu")[0] is not None
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
 def test_a_one_process_checkpoint_resumes_sharded_on_two(synth, tmp_path):
     train(config(synth, tmp_path / "one", "batch_size=4"))
     train(config(synth, tmp_path / "moved", "batch_size=4", "max_steps=2"))  # stops at step 2 with a checkpoint
-    torchrun(synth, tmp_path / "moved", "--resume")
+    torchrun(synth, tmp_path / "moved", "--resume", "--allow-config-change")  # max_steps 2 -> 4; same global batch
     assert losses(tmp_path / "moved") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+    assert (tmp_path / "moved" / "config.history" / "001.yaml").read_text().startswith("# from step 2: max_steps 2 -> 4\n")

@@ -16,6 +16,7 @@ from llava_interleave.train.runlog import read_log
 
 from .conftest import random_image
 
+pytestmark = pytest.mark.slow  # every test trains
 ANSWERS = [("a red square", "a blue circle"), ("two cats", "three dogs"), ("the left one", "the right one"),
            ("it moves up", "it stays still")]
 
@@ -73,4 +74,4 @@ def test_broken_pairs_are_skipped_and_counted(pairs, tmp_path):
         (tmp_path / f"{i}.png").write_bytes((pairs.parent / f"{i}.png").read_bytes())
     train(dpo_config(broken, tmp_path / "run", "batch_size=4", "max_steps=4", "data.max_skip_ratio=0.5"))
     skipped = read_log(tmp_path / "run")[-1]["skipped"]
-    assert skipped.get("DataError", 0) >= 1 and skipped.get("MediaError", 0) >= 1, skipped
+    assert skipped.get("unreadable json", 0) >= 1 and skipped.get("missing media", 0) >= 1, skipped

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from llava_interleave.data import validate as v
-from llava_interleave.data.m4 import DataError, JsonSource, MediaResolver, load_mixture
+from llava_interleave.data import defects as v
+from llava_interleave.data.m4 import MediaResolver
+from llava_interleave.data.records import DataError, JsonSource, load_mixture
 from llava_interleave.data.validate import Problem, run_validate, validate, write_good
 
 from .conftest import random_image, write_clip
@@ -27,10 +28,12 @@ CASES = [
     ({"id": "good-multi", "image": ["ok.png", "ok2.png"], "conversations": conv(("system", "s"), ("human", "<image><image>?"), ("gpt", "x"), ("human", "more?"), ("gpt", "y"))}, None),
     ({"id": "good-video", "video": "clip", "conversations": QA}, None),
     ({"id": "good-text", "conversations": conv(("human", "hi"), ("gpt", "hello"))}, None),
-    ({"id": "first-gpt", "image": "ok.png", "conversations": conv(("gpt", "<image> hi"), ("human", "x"))}, v.FIRST_NOT_HUMAN),
+    ({"id": "first-gpt", "image": "ok.png", "conversations": conv(("gpt", "hi"), ("human", "<image> x"))}, v.FIRST_NOT_HUMAN),
     ({"id": "two-humans", "image": "ok.png", "conversations": conv(("human", "<image>"), ("human", "again"), ("gpt", "x"))}, v.NOT_ALTERNATING),
     ({"id": "too-few-slots", "image": ["ok.png", "ok2.png"], "conversations": QA}, v.IMAGE_COUNT),
     ({"id": "video-two-slots", "video": "clip", "conversations": conv(("human", "<image><image>"), ("gpt", "x"))}, v.IMAGE_COUNT),
+    ({"id": "slot-in-answer", "image": ["ok.png", "ok2.png"], "conversations": conv(("human", "<image>"), ("gpt", "<image>"))},
+     v.IMAGE_COUNT),  # training takes slots from user turns only
     ({"id": "missing-image", "image": "nope.png", "conversations": QA}, v.MISSING_MEDIA),
     ({"id": "corrupt-image", "image": "corrupt.png", "conversations": QA}, v.UNREADABLE_MEDIA),
     ({"id": "missing-video", "video": "ghost", "conversations": QA}, v.MISSING_MEDIA),
@@ -96,7 +99,7 @@ def test_problem_details_and_format(tmp_path, media):
     text = report.format().splitlines()
     assert text[0] == f"{path}:5 first-gpt: {v.FIRST_NOT_HUMAN} (first turn is from 'gpt')"
     assert f"{len(CASES)} samples: 4 good, {len(CASES) - 4} bad" in text
-    assert f"  {v.IMAGE_COUNT}: 2" in text
+    assert f"  {v.IMAGE_COUNT}: 3" in text
 
 
 def test_without_media_checks_only_structure(tmp_path, media):

@@ -7,5 +7,7 @@
 
 from .api import Generation, Pipeline, load
 from .config import InterleaveConfig, ProcessorConfig, TextConfig, VisionConfig
+from .engine import SamplingConfig
 
-__all__ = ["Generation", "InterleaveConfig", "Pipeline", "ProcessorConfig", "TextConfig", "VisionConfig", "load"]
+__all__ = ["Generation", "InterleaveConfig", "Pipeline", "ProcessorConfig", "SamplingConfig", "TextConfig", "VisionConfig",
+           "load"]

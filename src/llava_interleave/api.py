@@ -4,12 +4,14 @@ A message is {"role": "user" | "assistant" | "system", "content": str | list of 
 string, a PIL image, or a dict {"type": "text", "text"}, {"type": "image", "image": path | PIL},
 {"type": "view", "image": ...} (one view of a 3D scene) or {"type": "video", "video": path, "frames": 16}.
 Text may hold `<image>` slots: the message's visuals fill them in order; with none, visuals go first.
+Messages go to the model by the one road every source takes (`data/conversation.py`); generation
+options are one `SamplingConfig` (greedy, 256 new tokens unless set).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,16 +20,18 @@ from PIL import Image
 
 from .config import InterleaveConfig
 from .data.batch import Encoded
-from .data.media import load_image, load_video
+from .data.conversation import Media, Message, Part, to_sample
 from .data.processor import Processor
-from .data.sample import Modality, Sample, Text, Turn, Visual, fill_slots
+from .data.sample import Sample
 from .data.templates import IM_END, get_template
+from .data.text_stream import TextStream
 from .engine import Engine, SamplingConfig
-from .errors import PromptError
+from .errors import ContextLengthError, PromptError
 from .model.checkpoint import load_model
 from .model.llava import LlavaInterleave
 
-Message = dict[str, Any]
+MessageLike = Message | Mapping[str, Any]
+GREEDY = SamplingConfig()
 
 
 @dataclass(frozen=True)
@@ -37,12 +41,34 @@ class Generation:
     prompt_tokens: int
 
 
-def image_visual(source: str | os.PathLike | Image.Image, modality: Modality = Modality.IMAGE) -> Visual:
-    return Visual((load_image(source),), modality, str(source) if not isinstance(source, Image.Image) else "")
+def parse_message(message: MessageLike) -> Message:
+    """A `Message` from the API's dict form (or one already built): see the module docstring."""
+    if isinstance(message, Message):
+        return message
+    if not isinstance(message, Mapping) or "role" not in message:
+        raise PromptError("a message is a dict with 'role' and 'content'")
+    content = message.get("content")
+    parts = [content] if isinstance(content, str) else [] if content is None else content
+    if not isinstance(parts, Sequence):
+        raise PromptError(f"message content must be a string or a list of parts, not a {type(content).__name__}")
+    return Message(message["role"], tuple(_part(p) for p in parts))
 
 
-def video_visual(source: str | os.PathLike, frames: int = 16, fps: float | None = None) -> Visual:
-    return Visual(tuple(load_video(source, frames, fps)), Modality.VIDEO, str(source))
+def _part(part: Any) -> Part:
+    if isinstance(part, (str, Media)):
+        return part
+    if isinstance(part, Image.Image):
+        return Media(kind="image", source=part)
+    if isinstance(part, Mapping):
+        kind = part.get("type")
+        if kind == "text" and isinstance(part.get("text"), str):
+            return part["text"]
+        if kind in ("image", "view") and "image" in part:
+            return Media(kind=kind, source=part["image"])
+        if kind == "video" and "video" in part:
+            return Media(kind="video", source=part["video"], frames=part.get("frames"), fps=part.get("fps"))
+        raise PromptError(f"unknown content part {{'type': {kind!r}}}; use text, image, view or video with its field")
+    raise PromptError(f"cannot use a {type(part).__name__} as message content")
 
 
 class Pipeline:
@@ -60,9 +86,6 @@ class Pipeline:
         """The model's config with this pipeline's processor settings (see `with_processor`)."""
         return self.processor.config
 
-    def with_template(self, name: str) -> Pipeline:
-        return Pipeline(self.model, self.tokenizer, name, self.config)
-
     def with_processor(self, **overrides: Any) -> Pipeline:
         """The same weights with processor settings changed, e.g. video_pooling="average" or num_frames=8.
 
@@ -70,83 +93,54 @@ class Pipeline:
         return Pipeline(self.model, self.tokenizer, self.processor.template.name, self.config.with_overrides(**overrides))
 
     # ------------------------------------------------------------------ building samples
-    def sample(self, messages: Sequence[Message]) -> Sample:
-        """Messages -> typed sample; a lone image becomes a multi-patch (anyres) item when the model uses anyres."""
-        turns = tuple(Turn(m["role"], self._segments(m["content"])) for m in messages)
-        visuals = [v for t in turns for v in t.visuals]
-        if len(visuals) == 1 and visuals[0].modality == Modality.IMAGE and self.config.processor.image_aspect == "anyres":
-            lone = visuals[0]
-            patches = replace(lone, modality=Modality.PATCHES)
-            turns = tuple(Turn(t.role, tuple(patches if s is lone else s for s in t.segments)) for t in turns)
-        return Sample(turns)
+    def sample(self, messages: Sequence[MessageLike], *, num_frames: int | None = None, multi_view: bool = False,
+               sample_id: str = "") -> Sample:
+        """Messages -> typed sample by the one road; a lone image is cut into patches when the model uses anyres."""
+        proc = self.config.processor
+        return to_sample([parse_message(m) for m in messages], num_frames=num_frames or proc.num_frames,
+                         anyres=proc.uses_anyres, multi_view=multi_view, sample_id=sample_id)
 
-    def _segments(self, content: str | Sequence[Any]) -> tuple[Text | Visual, ...]:
-        parts = [content] if isinstance(content, str) else list(content)
-        texts: list[str] = []
-        visuals: list[Visual] = []
-        for part in parts:
-            if isinstance(part, str):
-                texts.append(part)
-            elif isinstance(part, Image.Image):
-                visuals.append(image_visual(part))
-            elif isinstance(part, Visual):
-                visuals.append(part)
-            elif isinstance(part, dict):
-                kind = part.get("type")
-                if kind == "text":
-                    texts.append(part["text"])
-                elif kind in ("image", "view"):
-                    visuals.append(image_visual(part["image"], Modality(kind)))
-                elif kind == "video":
-                    frames = part.get("frames") or self.config.processor.num_frames
-                    visuals.append(video_visual(part["video"], frames, part.get("fps")))
-                else:
-                    raise PromptError(f"unknown content part type {kind!r}; use text, image, view or video")
-            else:
-                raise PromptError(f"cannot use a {type(part).__name__} as message content")
-        return fill_slots("".join(texts), visuals)
+    def prepare(self, sample: Sample, answer_tokens: int = 1) -> Encoded:
+        """The sample rendered for generation, checked to leave room for `answer_tokens` in the context.
 
-    # ------------------------------------------------------------------ generation
-    def encode(self, sample: Sample, max_new_tokens: int) -> Encoded:
+        Raises:
+            ContextLengthError: the prompt (images expanded) plus `answer_tokens` exceeds the context."""
         encoded = self.processor.encode(sample, add_generation_prompt=True)
         limit = self.config.max_length
-        if len(encoded) >= limit:
-            raise PromptError(
-                f"the prompt is {len(encoded)} tokens after expanding images, over the model's context of {limit} tokens"
-            )
+        if len(encoded) + max(answer_tokens, 1) > limit:
+            wanted = f" with {answer_tokens} answer tokens" if answer_tokens > 1 else ""
+            raise ContextLengthError(f"the prompt is {len(encoded)} tokens after expanding images{wanted}, over the "
+                                     f"model's context of {limit} tokens")
         return encoded
 
-    def _sampling(self, encoded: Sequence[Encoded], **kwargs: Any) -> SamplingConfig:
+    def _within_context(self, encoded: Sequence[Encoded], sampling: SamplingConfig) -> SamplingConfig:
+        """The model's stop tokens added, and the answer capped by the room the longest prompt leaves."""
         room = self.config.max_length - max(len(e) for e in encoded)
-        kwargs["max_new_tokens"] = min(kwargs.get("max_new_tokens", 256), room)
-        return SamplingConfig(stop_token_ids=self.stop_ids, **kwargs)
+        return replace(sampling, max_new_tokens=min(sampling.max_new_tokens, room),
+                       stop_token_ids=tuple(dict.fromkeys((*self.stop_ids, *sampling.stop_token_ids))))
 
-    def generate_samples(self, samples: Sequence[Sample], **sampling: Any) -> list[Generation]:
+    # ------------------------------------------------------------------ generation
+    def generate_samples(self, samples: Sequence[Sample], sampling: SamplingConfig = GREEDY) -> list[Generation]:
         """Batched generation (left padding) of several samples."""
-        encoded = [self.encode(s, sampling.get("max_new_tokens", 256)) for s in samples]
-        outputs = self.engine.generate(encoded, self._sampling(encoded, **sampling))
+        encoded = [self.prepare(s) for s in samples]
+        outputs = self.engine.generate(encoded, self._within_context(encoded, sampling))
         return [Generation(self._decode(ids), ids, len(e)) for ids, e in zip(outputs, encoded)]
 
-    def chat(self, messages: Sequence[Message], **sampling: Any) -> str:
-        """The assistant's answer to a conversation. Sampling: max_new_tokens, temperature, top_p, seed."""
-        return self.generate_samples([self.sample(messages)], **sampling)[0].text
+    def chat(self, messages: Sequence[MessageLike], sampling: SamplingConfig = GREEDY) -> str:
+        """The assistant's answer to a conversation."""
+        return self.generate_samples([self.sample(messages)], sampling)[0].text
 
-    def stream_chat(self, messages: Sequence[Message], **sampling: Any) -> Iterator[str]:
+    def stream_chat(self, messages: Sequence[MessageLike], sampling: SamplingConfig = GREEDY) -> Iterator[str]:
         """The answer as text pieces, yielded as soon as they decode to whole characters."""
-        encoded = [self.encode(self.sample(messages), sampling.get("max_new_tokens", 256))]
-        ids: list[int] = []
-        shown = ""
-        for step in self.engine.stream(encoded, self._sampling(encoded, **sampling)):
+        encoded = [self.prepare(self.sample(messages))]
+        stream = TextStream(self._decode)
+        for step in self.engine.stream(encoded, self._within_context(encoded, sampling)):
             if step[0] is None:
                 break
-            ids.append(step[0])
-            text = self._decode(ids)
-            if len(text) > len(shown) and not text.endswith("\ufffd"):  # else a character is still incomplete
-                yield text[len(shown) :]
-                shown = text
-        final = self._decode(ids)
-        if len(final) > len(shown):
-            yield final[len(shown) :]
+            if piece := stream.push(step[0]):
+                yield piece
+        if rest := stream.flush():
+            yield rest
 
     def generate(
         self,
@@ -155,15 +149,15 @@ class Pipeline:
         video: str | os.PathLike | None = None,
         views: Sequence[str | os.PathLike | Image.Image] = (),
         frames: int | None = None,
-        **sampling: Any,
+        sampling: SamplingConfig = GREEDY,
     ) -> Generation:
         """One question about images, a video, or the views of a 3D scene; `<image>` slots place them."""
-        content: list[Any] = [{"type": "image", "image": i} for i in images]
-        content += [{"type": "view", "image": v} for v in views]
+        content: list[Part] = [Media(kind="image", source=i) for i in images]
+        content += [Media(kind="view", source=v) for v in views]
         if video is not None:
-            content.append({"type": "video", "video": video, "frames": frames})
+            content.append(Media(kind="video", source=video, frames=frames))
         content.append(prompt)
-        return self.generate_samples([self.sample([{"role": "user", "content": content}])], **sampling)[0]
+        return self.generate_samples([self.sample([Message("user", tuple(content))])], sampling)[0]
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i not in self.stop_ids], skip_special_tokens=True)

@@ -8,23 +8,48 @@ prompt + answer so a decode step never copies it (see model/kv_cache.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .data.batch import Encoded
+from .errors import SamplingError
 from .model.kv_cache import preallocated_cache
 from .model.llava import LlavaInterleave
 
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
+    """How to pick the answer's tokens; the one set of defaults (greedy, 256 tokens) for the API, CLI,
+    server and eval. `stop_token_ids` are added to the model's own stop tokens."""
+
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 -> greedy
     top_p: float = 1.0
-    stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = []
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be a whole number of at least 1, got {self.max_new_tokens!r}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
+            problems.append(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed <= MAX_SEED):
+            problems.append(f"seed must be a whole number in 0..{MAX_SEED}, got {self.seed!r}")
+        if problems:
+            raise SamplingError("; ".join(problems))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
 
 
 class Engine:
@@ -49,7 +74,7 @@ class Engine:
         cache = preallocated_cache(model.config.text.num_layers, width + sampling.max_new_tokens)
         visuals = [v for p in prompts for v in p.visuals]
         logits = model(ids, visuals, mask if padded else None, positions, cache, logits_to_keep=1).logits[:, -1]
-        generator = self._generator(sampling.seed, device)
+        generator = self._generator(sampling, device)
         done = [False] * len(prompts)
         stops = set(sampling.stop_token_ids)
         for _ in range(sampling.max_new_tokens):
@@ -75,14 +100,16 @@ class Engine:
         return out
 
     @staticmethod
-    def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-        if seed is None:
+    def _generator(sampling: SamplingConfig, device: torch.device) -> torch.Generator | None:
+        """A seeded generator for sampling; greedy decoding draws nothing, so it gets none."""
+        seed = sampling.seed
+        if seed is None or sampling.greedy:
             return None
         return torch.Generator(device=device).manual_seed(seed)
 
     @staticmethod
     def _pick(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-        if sampling.temperature <= 0:
+        if sampling.greedy:
             return logits.argmax(-1)
         probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
         if sampling.top_p < 1.0:

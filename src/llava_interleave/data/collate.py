@@ -15,11 +15,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .batch import Encoded, VisualInput
+from ..model.inputs import VisualInput
+from .batch import Encoded
 from .processor import IGNORE_INDEX
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Batch:
     input_ids: torch.Tensor  # (B, L)
     labels: torch.Tensor  # (B, L), IGNORE_INDEX where not supervised
@@ -80,7 +81,8 @@ def _collate(rows: Sequence[Sequence[Encoded]], pad_token_id: int, packed: bool)
             visuals.extend(sample.visuals)
             start = end
     mask = block_causal_mask(segments) if packed else (segments >= 0).long()
-    return Batch(ids, labels, mask, positions, tuple(visuals), segments)
+    return Batch(input_ids=ids, labels=labels, attention_mask=mask, position_ids=positions, visuals=tuple(visuals),
+                 segment_ids=segments)
 
 
 def block_causal_mask(segments: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ LETTERS = "ABCDEFGH"
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Drawn:
     """One generated sample before it is written: pictures in slot order (video: its frames)."""
 

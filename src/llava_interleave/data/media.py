@@ -3,6 +3,7 @@
 Videos are decoded with PyAV and sampled uniformly (first and last frame included) or by rate; a video
 shorter than the requested count gives all of its frames. A folder of frame images counts as a video.
 Errors are `MediaError` so the CLI can print them without a traceback, instead of failing deep in the model.
+`load_media` is the one loader every source goes through (see data/conversation.py).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import os
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 from PIL import Image
 
 from ..errors import MediaError
+from .defects import IMAGE_TOO_LARGE, MAX_IMAGE_PIXELS, MISSING_MEDIA
 
 FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpeg", ".mpg"}
@@ -28,22 +32,32 @@ def _cause(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
+def check_pixels(size: tuple[int, int], name: str) -> None:
+    """Refuse a picture whose header claims more than `MAX_IMAGE_PIXELS`, before a byte of it is decoded."""
+    width, height = size
+    if width < 1 or height < 1 or width * height > MAX_IMAGE_PIXELS:
+        raise MediaError(f"{name}: {width}x{height} pixels, over the limit of {MAX_IMAGE_PIXELS:,}", reason=IMAGE_TOO_LARGE)
+
+
 def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     """An RGB image, fully decoded now so that a truncated file fails here and not inside the model."""
     if isinstance(source, Image.Image):
+        check_pixels(source.size, "image")
         return source.convert("RGB")
     path = Path(source)
-    if not path.exists():
-        raise MediaError(f"image not found: {path}")
+    if not path.is_file():
+        raise MediaError(f"image not found: {path}" if not path.exists() else f"not an image file: {path}",
+                         reason=MISSING_MEDIA)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                check_pixels(image.size, str(path))
                 image.load()
                 return image.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise MediaError(f"image too large (decompression bomb guard): {path}: {_cause(err)}") from err
-    except (OSError, ValueError, SyntaxError) as err:
+        raise MediaError(f"image too large (decompression bomb guard): {path}: {_cause(err)}", reason=IMAGE_TOO_LARGE) from err
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise MediaError(f"cannot read image {path}: {_cause(err)}") from err
 
 
@@ -75,11 +89,12 @@ def load_video(path: str | os.PathLike, num_frames: int = 16, fps: float | None 
     path = Path(path)
     if path.is_dir():
         return _load_frame_folder(path, num_frames)
-    if not path.exists():
-        raise MediaError(f"video not found: {path}")
+    if not path.is_file():
+        raise MediaError(f"video not found: {path}" if not path.exists() else f"not a video file: {path}",
+                         reason=MISSING_MEDIA)
     try:
         frames = _keep_frames(path, _pick_frames(path, num_frames, fps))
-    except (av.FFmpegError, OSError) as err:
+    except (av.FFmpegError, OSError, ValueError, EOFError) as err:
         raise MediaError(f"cannot decode video (corrupt or unsupported) {path}: {_cause(err)}") from err
     if not frames:
         raise MediaError(f"video has no decodable frames: {path}")
@@ -92,6 +107,7 @@ def _pick_frames(path: Path, num_frames: int, fps: float | None) -> list[int]:
         if not container.streams.video:
             raise MediaError(f"not a video (no video stream): {path}")
         stream = container.streams.video[0]
+        check_pixels((stream.codec_context.width or 1, stream.codec_context.height or 1), f"video {path}")
         stream.thread_type = "AUTO"
         if fps is not None:
             ticks = _by_rate([float(f.time or 0.0) for f in container.decode(stream)], fps)
@@ -133,6 +149,29 @@ def _load_frame_folder(folder: Path, num_frames: int) -> list[Image.Image]:
         raise MediaError(f"frame folder has no images ({', '.join(sorted(FRAME_EXTENSIONS))}): {folder}")
     files.sort(key=_natural_key)
     return [load_image(files[i]) for i in sample_indices(len(files), num_frames)]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    frames: tuple[Image.Image, ...]
+    is_video: bool
+    name: str  # where it came from, for error messages ("" for a picture given in memory)
+
+
+def load_media(source: Any, *, video: bool, num_frames: int, fps: float | None = None) -> Loaded:
+    """Decode one medium: a picture in memory, an image path, a video file or frame folder (sampled to
+    `num_frames`), a tuple of frames (paths or pictures), or an object whose `open()` gives one of those.
+
+    A path is a video when `video` says so or when it names a video file or a folder of frames."""
+    if hasattr(source, "open") and not isinstance(source, (Image.Image, str, os.PathLike)):
+        source = source.open()
+    if isinstance(source, Image.Image):
+        return Loaded((load_image(source),), video, "")
+    if isinstance(source, tuple):
+        return Loaded(tuple(load_image(frame) for frame in source), True, "")
+    if video or is_video_path(source):
+        return Loaded(tuple(load_video(source, num_frames, fps)), True, str(source))
+    return Loaded((load_image(source),), False, str(source))
 
 
 def write_mp4(path: Path, frames: Sequence[Image.Image], fps: int = 8) -> Path:

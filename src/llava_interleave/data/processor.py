@@ -6,7 +6,6 @@ model's merge is a plain scatter. Labels are -100 except on supervised (assistan
 
 from __future__ import annotations
 
-from dataclasses import replace
 from itertools import groupby
 
 import torch
@@ -32,23 +31,24 @@ class Processor:
 
     def prepare_visual(self, visual: Visual) -> VisualInput:
         vision, proc = self.config.vision, self.config.processor
-        if visual.modality == Modality.PATCHES and proc.image_aspect != "anyres":
-            # a lone image of a model without anyres (the hf layout, squash/pad) is one plain image; cutting it
-            # into the default 384-px grid pinpoints would give hundreds of crops
-            visual = replace(visual, modality=Modality.IMAGE)
+        if visual.modality == Modality.PATCHES and not proc.uses_anyres:
+            # the modality rule (data/conversation.py) never makes one for such a model: cutting an image into
+            # the default 384-px grid pinpoints would give hundreds of crops
+            raise PromptError(f"a multi-patch image needs a model that uses anyres (this one uses {proc.image_aspect})")
         size = vision.image_size
         first = visual.frames[0]
         grid = None
         if visual.modality == Modality.PATCHES:
             pictures = anyres_pictures(first, proc.grid_pinpoints, size)
             grid = grid_shape(first.size, proc.grid_pinpoints, size)
-        elif proc.image_aspect == "pad":
+        elif proc.whole_image_aspect == "pad":
             pictures = [pad_to_square(frame, proc.image_mean) for frame in visual.frames]
         else:
             pictures = list(visual.frames)
         pixels = torch.stack([to_tensor(p, size, proc.image_mean, proc.image_std) for p in pictures])
         count = visual_token_count(visual.modality, len(visual.frames), first.size, vision, proc)
-        return VisualInput(pixels, visual.modality, first.size, grid, count, proc.video_pooling)
+        return VisualInput(pixel_values=pixels, modality=visual.modality, image_size=first.size, grid=grid, num_tokens=count,
+                           pooling=proc.video_pooling)
 
     def encode(self, sample: Sample, add_generation_prompt: bool = True) -> Encoded:
         """Render with the template, tokenise text runs, expand slots; labels mark supervised tokens."""

@@ -3,28 +3,24 @@
 A `Sample` is ordered `Turn`s; a turn is ordered segments, each `Text` or `Visual`. A `Visual` fills one
 `<image>` slot and carries its modality: a lone multi-patch image, one of several images, the frames
 of one video, or one view of a 3D scene. Several views of a scene are several `Visual`s of modality VIEW.
+Every source builds it the same way: `data/conversation.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Literal
 
 from PIL import Image
 
 from ..errors import PromptError
+from ..model.inputs import Modality
+from .defects import IMAGE_COUNT
 
 IMAGE_SLOT = "<image>"
 Role = Literal["system", "user", "assistant"]
-
-
-class Modality(str, Enum):
-    IMAGE = "image"  # one of several images (multi-image scenario)
-    VIDEO = "video"  # the frames of one clip, in one slot (multi-frame scenario)
-    VIEW = "view"  # one view of a 3D scene (multi-view scenario)
-    PATCHES = "patches"  # a lone image cut into anyres crops (multi-patch scenario)
+__all__ = ["IMAGE_SLOT", "Modality", "Role", "Sample", "Segment", "Text", "Turn", "Visual", "fill_slots"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,8 @@ def fill_slots(text: str, visuals: Sequence[Visual]) -> tuple[Segment, ...]:
     if slots == 0:
         return (*visuals, Text(text)) if text else tuple(visuals)
     if slots != len(visuals):
-        raise PromptError(f"the prompt has {slots} {IMAGE_SLOT} slot(s) but {len(visuals)} image(s)/video(s) were given")
+        raise PromptError(f"the prompt has {slots} {IMAGE_SLOT} slot(s) but {len(visuals)} image(s)/video(s) were given",
+                          reason=IMAGE_COUNT)
     segments: list[Segment] = []
     for i, part in enumerate(parts):
         if part:

@@ -57,7 +57,7 @@ NUMBER_SUFFIX = "Answer with a single number."
 SCENE_COUNTS = (1, 2, 3, 4)  # the options of the multi-view count question
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SynthSummary:
     """What `write_synthetic` wrote: the two JSON files and the samples per dataset in each."""
 
@@ -98,8 +98,9 @@ def spot_difference(rng: np.random.Generator, size: int) -> Drawn:
              "new_colour": extra.colour if change == "recoloured" else None, "shapes": [first, second]}
     question = "What is the difference between the two images? Answer in one sentence."
     pictures = (draw_shapes((size, size), first), draw_shapes((size, size), second))
-    return Drawn("SynthSpotDiff", "spot_the_difference", "multi-image", question, answer, pictures, None, facts,
-                 "Find the one change between the first and the second image.")
+    return Drawn(dataset="SynthSpotDiff", task="spot_the_difference", scenario="multi-image", question=question,
+                 answer=answer, pictures=pictures, choices=None, facts=facts,
+                 instruction="Find the one change between the first and the second image.")
 
 
 def _images_with(rng: np.random.Generator, size: int, counts: Sequence[int], target: Callable[[], tuple[str, str]],
@@ -125,8 +126,9 @@ def which_has_more(rng: np.random.Generator, size: int) -> Drawn:
     question, shown, letter = multi_choice(f"Which image has the most {colour} shapes?", labels[best], labels)
     facts = {"colour": colour, "counts": counts, "shapes": images}
     pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
-    return Drawn("SynthWhichMore", "which_has_more", "multi-image", question, letter, pictures, shown, facts,
-                 "Compare the images and pick the one with the most shapes of the given colour.")
+    return Drawn(dataset="SynthWhichMore", task="which_has_more", scenario="multi-image", question=question,
+                 answer=letter, pictures=pictures, choices=shown, facts=facts,
+                 instruction="Compare the images and pick the one with the most shapes of the given colour.")
 
 
 def count_across(rng: np.random.Generator, size: int) -> Drawn:
@@ -139,8 +141,9 @@ def count_across(rng: np.random.Generator, size: int) -> Drawn:
     question = f"How many {kind}s are there in all {k} images together? {NUMBER_SUFFIX}"
     facts = {"kind": kind, "counts": counts, "shapes": images}
     pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
-    return Drawn("SynthCount", "count_across_images", "multi-image", question, str(sum(counts)), pictures, None,
-                 facts, "Count the shapes of the given kind over the whole image sequence.")
+    return Drawn(dataset="SynthCount", task="count_across_images", scenario="multi-image", question=question,
+                 answer=str(sum(counts)), pictures=pictures, choices=None, facts=facts,
+                 instruction="Count the shapes of the given kind over the whole image sequence.")
 
 
 def _motion_path(rng: np.random.Generator, size: int, r: int, direction: str, frames: int) -> list[tuple[int, int]]:
@@ -168,8 +171,9 @@ def motion(rng: np.random.Generator, size: int) -> Drawn:
     pictures = tuple(draw_shapes((size, size), [*still, Shape(mover.kind, mover.colour, x, y, r)]) for x, y in path)
     question, shown, letter = multi_choice(f"In which direction does the {mover.name} move?", direction, tuple(DIRECTIONS))
     facts = {"direction": direction, "mover": mover, "path": [list(p) for p in path], "still": still}
-    return Drawn("SynthMotion", "motion_direction", "video", question, letter, pictures, shown, facts,
-                 "Watch the video and tell which shape moves and where to.")
+    return Drawn(dataset="SynthMotion", task="motion_direction", scenario="video", question=question, answer=letter,
+                 pictures=pictures, choices=shown, facts=facts,
+                 instruction="Watch the video and tell which shape moves and where to.")
 
 
 def multi_view(rng: np.random.Generator, size: int) -> Drawn:
@@ -187,8 +191,9 @@ def multi_view(rng: np.random.Generator, size: int) -> Drawn:
         f"The {k} images are views of one scene from different positions; an object can appear in several "
         f"views. How many {colour} objects are in the scene?", str(count), tuple(str(c) for c in SCENE_COUNTS))
     facts = {"colour": colour, "count": count, "offsets": offsets, "objects": objects, "shapes": views}
-    return Drawn("SynthScene3D", "multi_view_count", "multi-view", question, letter, pictures, shown, facts,
-                 "Combine the views of the scene and count the objects of the given colour once each.")
+    return Drawn(dataset="SynthScene3D", task="multi_view_count", scenario="multi-view", question=question,
+                 answer=letter, pictures=pictures, choices=shown, facts=facts,
+                 instruction="Combine the views of the scene and count the objects of the given colour once each.")
 
 
 def small_detail(rng: np.random.Generator, size: int) -> Drawn:
@@ -205,8 +210,9 @@ def small_detail(rng: np.random.Generator, size: int) -> Drawn:
     shapes += place(rng, specs, centres[1:], cell, (max(2, cell // 5), max(3, cell // 3)))
     question, shown, letter = multi_choice("What colour is the small triangle?", colour, tuple(COLOURS))
     facts = {"colour": colour, "triangle": shapes[0], "shapes": [shapes]}
-    return Drawn("SynthDetail", "small_detail", "multi-patch", question, letter,
-                 (draw_shapes((width, height), shapes),), shown, facts, "Find the small triangle and name its colour.")
+    return Drawn(dataset="SynthDetail", task="small_detail", scenario="multi-patch", question=question, answer=letter,
+                 pictures=(draw_shapes((width, height), shapes),), choices=shown, facts=facts,
+                 instruction="Find the small triangle and name its colour.")
 
 
 ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "centre", "right")
@@ -237,8 +243,9 @@ def describe(rng: np.random.Generator, size: int) -> Drawn:
         sentences.append(f"Image {i + 1}: " + _listing([f"{s.a_name} {_where(s, cell)}" for s in ordered]) + ".")
     question = "Describe each image: the colour, kind and place of every shape."
     pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
-    return Drawn("SynthDescribe", "describe_images", "multi-image", question, " ".join(sentences), pictures, None,
-                 {"cell": cell, "shapes": images}, "Name every shape's colour, kind and place, image by image.")
+    return Drawn(dataset="SynthDescribe", task="describe_images", scenario="multi-image", question=question,
+                 answer=" ".join(sentences), pictures=pictures, choices=None, facts={"cell": cell, "shapes": images},
+                 instruction="Name every shape's colour, kind and place, image by image.")
 
 
 def name_shapes(rng: np.random.Generator, size: int) -> Drawn:
@@ -247,8 +254,10 @@ def name_shapes(rng: np.random.Generator, size: int) -> Drawn:
     shapes = [large_shape(rng, size, kind, colour) for kind, colour in distinct_specs(rng, 2)]
     answer = " ".join(f"Image {i + 1}: {s.a_name}." for i, s in enumerate(shapes))
     pictures = tuple(draw_shapes((size, size), [s]) for s in shapes)
-    return Drawn("SynthName", "name_shapes", "multi-image", "What is the shape in each image?", answer, pictures, None,
-                 {"shapes": [[s] for s in shapes]}, "Name the colour and kind of the shape in each image.")
+    return Drawn(dataset="SynthName", task="name_shapes", scenario="multi-image",
+                 question="What is the shape in each image?", answer=answer, pictures=pictures, choices=None,
+                 facts={"shapes": [[s] for s in shapes]},
+                 instruction="Name the colour and kind of the shape in each image.")
 
 
 Task = Callable[[np.random.Generator, int], Drawn]
@@ -354,5 +363,6 @@ def write_synthetic(out_dir: Path, n: int, seed: int, bench_n: int | None = None
                      for i, d in enumerate(bench)]
     for path, entries in ((out_dir / "train.json", train_entries), (out_dir / "bench.json", bench_entries)):
         path.write_text(json.dumps(entries, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return SynthSummary(out_dir, out_dir / "train.json", out_dir / "bench.json",
-                        dict(sorted(Counter(d.dataset for d in train).items())), dict(sorted(per_dataset.items())), seed)
+    return SynthSummary(out_dir=out_dir, train_json=out_dir / "train.json", bench_json=out_dir / "bench.json",
+                        train_counts=dict(sorted(Counter(d.dataset for d in train).items())),
+                        bench_counts=dict(sorted(per_dataset.items())), seed=seed)

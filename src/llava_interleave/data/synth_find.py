@@ -29,8 +29,9 @@ def image_colour(rng: np.random.Generator, size: int) -> Drawn:
     question, shown, letter = multi_choice(f"What colour is the shape in Image {target + 1}?", colours[target],
                                            tuple(COLOURS))
     pictures = tuple(draw_shapes((size, size), shapes) for shapes in images)
-    return Drawn("SynthImageColour", "image_colour", "multi-image", question, letter, pictures, shown,
-                 {"image": target, "shapes": images}, "Find the named image among several and tell its shape's colour.")
+    return Drawn(dataset="SynthImageColour", task="image_colour", scenario="multi-image", question=question,
+                 answer=letter, pictures=pictures, choices=shown, facts={"image": target, "shapes": images},
+                 instruction="Find the named image among several and tell its shape's colour.")
 
 
 def colour_change(rng: np.random.Generator, size: int) -> Drawn:
@@ -49,8 +50,9 @@ def colour_change(rng: np.random.Generator, size: int) -> Drawn:
     question, shown, letter = multi_choice(f"What colour is the {kind} at the {when} of the video?", answer,
                                            tuple(COLOURS))
     facts = {"kind": kind, "when": when, "frames": colours, "shape": Shape(kind, first, x, y, r)}
-    return Drawn("SynthColourChange", "colour_change", "video", question, letter, pictures, shown, facts,
-                 "Watch the video and tell the shape's colour at the asked moment.")
+    return Drawn(dataset="SynthColourChange", task="colour_change", scenario="video", question=question, answer=letter,
+                 pictures=pictures, choices=shown, facts=facts,
+                 instruction="Watch the video and tell the shape's colour at the asked moment.")
 
 
 def scene_side(rng: np.random.Generator, size: int) -> Drawn:
@@ -71,5 +73,6 @@ def scene_side(rng: np.random.Generator, size: int) -> Drawn:
         f"The {k} images are views of one scene, taken from left to right. What colour is the object at the "
         f"{side} end of the scene?", answer, tuple(COLOURS))
     facts = {"side": side, "offsets": offsets, "objects": objects, "shapes": views}
-    return Drawn("SynthSceneSide", "scene_side", "multi-view", question, letter, pictures, shown, facts,
-                 "Combine the views in order and tell the colour of the object at the asked end of the scene.")
+    return Drawn(dataset="SynthSceneSide", task="scene_side", scenario="multi-view", question=question, answer=letter,
+                 pictures=pictures, choices=shown, facts=facts, instruction=(
+                     "Combine the views in order and tell the colour of the object at the asked end of the scene."))

@@ -10,11 +10,13 @@ Rendering yields `Piece`s: text with a flag saying whether it is supervised, or 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import PromptError
 from .sample import IMAGE_SLOT, Sample, Visual
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+TemplateName = Literal["qwen_1_5", "hf"]  # the keys of TEMPLATES
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class Piece:
 
 @dataclass(frozen=True)
 class Template:
-    name: str
+    name: TemplateName
     default_system: str | None
     newline_after_image: bool  # qwen_1_5: "<image>\n"
     text_prefix: str  # hf: "\n" before every text part
@@ -66,7 +68,7 @@ class Template:
         return "".join(IMAGE_SLOT if p.visual else p.text for p in self.render(sample, add_generation_prompt))
 
 
-TEMPLATES: dict[str, Template] = {
+TEMPLATES: dict[TemplateName, Template] = {
     "qwen_1_5": Template("qwen_1_5", "You are a helpful assistant.", newline_after_image=True, text_prefix=""),
     "hf": Template("hf", None, newline_after_image=False, text_prefix="\n"),
 }

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from .batch import Encoded
 from .processor import IGNORE_INDEX
@@ -17,8 +17,9 @@ TruncationPolicy = Literal["drop", "trailing_turns"]
 
 def truncate(encoded: Encoded, max_length: int, policy: TruncationPolicy) -> Encoded | None:
     """The sample itself when it fits, a shortened copy, or None when nothing trainable fits."""
-    if policy not in ("drop", "trailing_turns"):
-        raise ValueError(f"unknown truncation policy {policy!r}; use 'drop' or 'trailing_turns'")
+    if policy not in get_args(TruncationPolicy):
+        choices = ", ".join(map(repr, get_args(TruncationPolicy)))
+        raise ValueError(f"unknown truncation policy {policy!r}; use one of {choices}")
     if len(encoded) <= max_length:
         return encoded
     cut = max((end for end in encoded.turn_ends if end <= max_length), default=0) if policy == "trailing_turns" else 0

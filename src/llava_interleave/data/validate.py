@@ -1,8 +1,10 @@
-"""`llava-interleave data validate`: find the broken samples of a data file or mixture before training does.
+"""`llava-interleave data validate`: find the samples training would skip, before training does.
 
-Real M4-Instruct files hold some broken entries (first turn not from the human, `<image>` count not equal
-to the images given, missing media). Training skips them one by one (`SkipBudget`); this reports them all
-up front, one line each as `file:line id: reason`, and can write the good entries to a clean file.
+Each entry goes down the same road training takes (`SampleReader` in data/m4.py: read, parse, check the
+turns, hand the media to the slots, load the media; data/defects.py names each defect's reason), so
+validate reports exactly the samples a training run skips, with the same reasons, one line each as
+`file:line id: reason (detail)`; the one thing it cannot know without a model is a sample too long for
+the context. It can write the good entries to a clean file.
 """
 
 from __future__ import annotations
@@ -14,28 +16,15 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from PIL import Image
-
-from ..errors import MediaError
-from .m4 import ROLES, DataError, JsonSource, MediaResolver, Mixture, Record, open_records, parse_record
-from .media import is_video_path, load_video
-from .sample import IMAGE_SLOT
-
-UNREADABLE_JSON = "unreadable json"
-MISSING_CONVERSATIONS = "missing conversations"
-MALFORMED_ENTRY = "malformed entry"
-UNKNOWN_SPEAKER = "unknown speaker"
-FIRST_NOT_HUMAN = "first turn not from human"
-NOT_ALTERNATING = "turns not alternating human/gpt"
-IMAGE_COUNT = "image count mismatch"
-EMPTY_ANSWER = "empty answer"
-MISSING_MEDIA = "missing media"
-UNREADABLE_MEDIA = "unreadable media"
+from ..errors import InterleaveError
+from .defects import UNREADABLE_JSON
+from .m4 import MediaResolver, SampleReader
+from .records import DataError, JsonSource, Mixture, open_records
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Problem:
     """One thing wrong with one entry; `line` is the 1-based line where the entry starts (0: whole file)."""
 
@@ -90,22 +79,26 @@ class Report:
 Target = str | Path | JsonSource | Mixture | Sequence[str | Path]
 
 
-def validate(paths_or_mixture: Target, resolver: MediaResolver | None = None, check_media: bool = True) -> Report:
+def validate(paths_or_mixture: Target, resolver: MediaResolver | None = None, check_media: bool = True,
+             num_frames: int = 16) -> Report:
     """Check every entry of one or more files, a mixture YAML, or a `Mixture` (only the entries it keeps).
 
     A JSON file whose list structure is broken cannot be indexed and is reported as one problem; a broken
-    mixture YAML is a configuration error and raises `DataError`.
+    mixture YAML is a configuration error and raises `DataError`. `check_media=False` skips opening media
+    (missing, unreadable or oversized media then go unreported).
     """
     resolver = resolver or MediaResolver(None)
     report = Report()
     for source, indices in _targets(paths_or_mixture, report):
+        reader = SampleReader(source, resolver, num_frames=num_frames, anyres=True)
         good = array("q")
         for index in indices:
             report.total += 1
-            problems = check_entry(source, index, resolver, check_media)
-            report.problems.extend(problems)
-            if not problems:
+            problem = check_entry(reader, index, check_media)
+            if problem is None:
                 good.append(index)
+            else:
+                report.problems.append(problem)
         report.good_entries.append((source, good))
     return report
 
@@ -124,93 +117,27 @@ def _targets(target: Target, report: Report) -> list[tuple[JsonSource, Iterable[
         except DataError as err:
             if Path(path).suffix.lower() in (".yaml", ".yml"):
                 raise
-            report.problems.append(Problem(err.file or str(path), err.line or 0, "", UNREADABLE_JSON, err.reason))
+            report.problems.append(Problem(file=err.file or str(path), line=err.line or 0, sample_id="",
+                                           reason=UNREADABLE_JSON, detail=err.detail))
             continue
         found += _targets(opened, report)
     return found
 
 
-def check_entry(source: JsonSource, index: int, resolver: MediaResolver, check_media: bool = True) -> list[Problem]:
-    """Every problem of entry `index` of `source` (empty when it is good)."""
-    file, line = str(source.path), source.line(index)
+def check_entry(reader: SampleReader, index: int, check_media: bool = True) -> Problem | None:
+    """The defect for which training skips entry `index` of the reader's file, or None when it is good."""
+    source = reader.records
+    assert isinstance(source, JsonSource)
     try:
-        obj = source.raw(index)
-    except DataError as err:
-        return [Problem(file, line, "", UNREADABLE_JSON, err.reason, index)]
-    sample_id = str(obj.get("id", "")) if isinstance(obj, dict) else ""
-    return [Problem(file, line, sample_id, reason, detail, index) for reason, detail in entry_problems(obj, resolver, check_media)]
-
-
-def entry_problems(obj: Any, resolver: MediaResolver, check_media: bool = True) -> list[tuple[str, str]]:
-    """(reason, detail) for each problem of one decoded entry; the shape rules are `parse_record`'s own, so
-    an entry that passes here also loads for training."""
-    if not isinstance(obj, dict):
-        return [(UNREADABLE_JSON, f"expected a JSON object, got {type(obj).__name__}")]
-    if not isinstance(obj.get("conversations"), list) or not obj["conversations"]:
-        return [(MISSING_CONVERSATIONS, "")]
-    try:
-        record = parse_record(obj)
-    except DataError as err:
-        return [(MALFORMED_ENTRY, err.reason)]
-    problems = _turn_problems(record)
-    slots = sum(value.count(IMAGE_SLOT) for _, value in record.turns)
-    given = len(record.images) + (1 if record.video else 0)
-    if slots != given:
-        problems.append((IMAGE_COUNT, f"{slots} {IMAGE_SLOT} slot(s) but {given} image(s)/video(s)"))
-    if check_media:
-        problems += _media_problems(record, resolver)
-    return problems
-
-
-def _turn_problems(record: Record) -> list[tuple[str, str]]:
-    """Speakers known, the human first (after any system turns), human/gpt alternating, no empty answer."""
-    unknown = sorted({who for who, _ in record.turns if who not in ROLES})
-    if unknown:
-        return [(UNKNOWN_SPEAKER, ", ".join(repr(w) for w in unknown))]
-    problems = []
-    roles = [ROLES[who] for who, _ in record.turns]
-    start = next((i for i, role in enumerate(roles) if role != "system"), len(roles))
-    body = roles[start:]
-    if not body:
-        return [(MISSING_CONVERSATIONS, "only system turns")]
-    if body[0] != "user":
-        problems.append((FIRST_NOT_HUMAN, f"first turn is from {record.turns[start][0]!r}"))
-    repeat = next((start + k + 1 for k in range(len(body) - 1) if body[k] == body[k + 1] or "system" in body[k : k + 2]), None)
-    if repeat is not None:
-        problems.append((NOT_ALTERNATING, f"turn {repeat} is from {record.turns[repeat][0]!r} after {record.turns[repeat - 1][0]!r}"))
-    empty = [str(k) for k, (role, (_, value)) in enumerate(zip(roles, record.turns)) if role == "assistant" and not value.strip()]
-    if empty:
-        problems.append((EMPTY_ANSWER, f"turn {', '.join(empty)}"))
-    return problems
-
-
-def _media_problems(record: Record, resolver: MediaResolver) -> list[tuple[str, str]]:
-    """Missing or unreadable media. Images are opened and verified (no full decode); videos decode one frame."""
-    problems = []
-    if record.video:
-        try:
-            problems += _unreadable(resolver.video(record.video), video=True)
-        except MediaError as err:
-            problems.append((MISSING_MEDIA, str(err)))
-    for name in record.images:
-        path = resolver.image(name)
-        problems += _unreadable(path) if path.exists() else [(MISSING_MEDIA, str(path))]
-    return problems
-
-
-def _unreadable(path: Path, video: bool = False) -> list[tuple[str, str]]:
-    if video or is_video_path(path):
-        try:
-            load_video(path, num_frames=1)
-        except MediaError as err:
-            return [(UNREADABLE_MEDIA, str(err))]
-        return []
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except Exception as err:  # PIL raises many types (OSError, SyntaxError, ValueError, bomb errors...)
-        return [(UNREADABLE_MEDIA, f"{path}: {' '.join(str(err).split()) or type(err).__name__}")]
-    return []
+        if check_media:
+            reader.sample(index)
+        else:
+            reader.messages(index)
+    except InterleaveError as err:
+        detail = err.detail if isinstance(err, DataError) else str(err)
+        return Problem(file=str(source.path), line=source.line(index), sample_id=reader.sample_id(index),
+                       reason=err.reason, detail=detail, index=index)
+    return None
 
 
 def write_good(report: Report, out_path: str | Path) -> int:

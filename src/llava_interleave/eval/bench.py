@@ -9,6 +9,8 @@ Every form becomes the same frozen `BenchItem`s, so the runner and the scores ca
     for multi-turn samples, `conversations`; read with pyarrow (`pip install 'llava-interleave[parquet]'`);
   - our synthetic bench (`data synth`), a JSON in the original layout where a video is a frame folder.
 A path that is a video file or a frame folder is one video, sampled to `frames` when the item is answered.
+`item_messages` turns an item into the conversation that the one road (`data/conversation.py`) makes a
+`Sample` of, so the bench's images get the modalities that training and serving give them.
 Parquet images stay on disk until then: a bench of thousands of images costs no memory up front.
 """
 
@@ -23,10 +25,11 @@ from typing import Any
 
 from PIL import Image
 
-from ..data.m4 import MULTI_VIEW_DATASETS, DataError, JsonSource
-from ..data.media import is_video_path, load_image, load_video
-from ..data.sample import IMAGE_SLOT, Modality, Visual
-from ..errors import InterleaveError, MediaError, PromptError
+from ..data.conversation import Media, Message, attach_media, is_multi_view_dataset
+from ..data.media import load_image
+from ..data.records import DataError, JsonSource
+from ..data.sample import Role
+from ..errors import InterleaveError, MediaError, import_extra
 from .categories import SPLITS, canonical_split, place
 
 ORIGINAL_FILES = {"in_domain": "multi_image_in_domain.json", "out_domain": "multi_image_out_domain.json",
@@ -48,11 +51,14 @@ class ParquetImage:
     row: int  # within the row group
     column: str
 
+    def open(self) -> Image.Image | Path:
+        return read_parquet_cell(self)
+
 
 ImageRef = str | ParquetImage  # an absolute path (image, video file or frame folder) or a parquet cell
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BenchItem:
     """One bench sample: its rounds of (question, reference answer) and its media in slot order."""
 
@@ -72,9 +78,7 @@ class BenchItem:
 
     @property
     def is_multi_view(self) -> bool:
-        name = self.dataset.strip().lower()
-        by_name = any(name == known or name.startswith(known + "_") for known in MULTI_VIEW_DATASETS)
-        return self.scenario == "multi-view" or self.split == "multi_view" or by_name
+        return self.scenario == "multi-view" or self.split == "multi_view" or is_multi_view_dataset(self.dataset)
 
 
 def _split(hint: str | None, dataset: str, stated: Any) -> str:
@@ -115,11 +119,12 @@ def item_from_entry(obj: Any, image_root: Path, split: str | None, where: str) -
     choices = obj.get("choice_list")
     qtype = meta.get("question_type") or obj.get("question_type") or ("multi-choice" if choices else "open-ended")
     item_split = _split(split, dataset, meta.get("split"))
-    return BenchItem(str(obj.get("sample_id", obj.get("id", where))), dataset, place(dataset).category, item_split,
-                     str(qtype), _turns(obj.get("conversations"), where),
-                     tuple(str((image_root / str(n)).absolute()) for n in names),
-                     tuple(str(c) for c in choices) if isinstance(choices, list) else None,
-                     str(meta.get("scenario") or ""))
+    return BenchItem(id=str(obj.get("sample_id", obj.get("id", where))), dataset=dataset,
+                     category=place(dataset).category, split=item_split, question_type=str(qtype),
+                     turns=_turns(obj.get("conversations"), where),
+                     images=tuple(str((image_root / str(n)).absolute()) for n in names),
+                     choice_list=tuple(str(c) for c in choices) if isinstance(choices, list) else None,
+                     scenario=str(meta.get("scenario") or ""))
 
 
 def read_json_bench(path: Path, image_root: Path | None = None, split: str | None = None) -> list[BenchItem]:
@@ -133,11 +138,8 @@ def read_json_bench(path: Path, image_root: Path | None = None, split: str | Non
 
 
 def _pyarrow_parquet() -> Any:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as err:
-        raise BenchError("reading a parquet bench needs pyarrow: pip install 'llava-interleave[parquet]'") from err
-    return pq
+    """pyarrow is the `parquet` extra, imported only when a parquet bench is read."""
+    return import_extra("pyarrow.parquet", "reading a parquet bench", "parquet")
 
 
 def _parquet_files(folder: Path, split: str) -> list[Path]:
@@ -186,9 +188,10 @@ def _parquet_item(record: dict[str, Any], images: tuple[ImageRef, ...], split: s
         rounds = _turns(record["conversations"], where)
         turns = rounds if len(rounds) > 1 else turns
     choices = record.get("choice_list")
-    return BenchItem(str(record.get("sample_id", where)), dataset, place(dataset).category,
-                     _split(split, dataset, record.get("split")), str(record.get("question_type") or "open-ended"),
-                     turns, images, tuple(str(c) for c in choices) if isinstance(choices, list) else None)
+    return BenchItem(id=str(record.get("sample_id", where)), dataset=dataset, category=place(dataset).category,
+                     split=_split(split, dataset, record.get("split")),
+                     question_type=str(record.get("question_type") or "open-ended"), turns=turns, images=images,
+                     choice_list=tuple(str(c) for c in choices) if isinstance(choices, list) else None)
 
 
 def _unique(items: list[BenchItem]) -> list[BenchItem]:
@@ -251,30 +254,10 @@ def read_parquet_cell(ref: ParquetImage) -> Image.Image | Path:
     return (Path(ref.path).parent / name).absolute()
 
 
-def load_visuals(item: BenchItem, frames: int) -> list[Visual]:
-    """The item's media decoded in slot order: a video path gives `frames` frames in one slot; images of a
-    multi-view item are views of one scene."""
-    kind = Modality.VIEW if item.is_multi_view else Modality.IMAGE
-    visuals = []
-    for ref in item.images:
-        source = read_parquet_cell(ref) if isinstance(ref, ParquetImage) else Path(ref)
-        name = f"{ref.path}:{ref.column}" if isinstance(ref, ParquetImage) else ref
-        if isinstance(source, Image.Image):
-            visuals.append(Visual((source,), kind, name))
-        elif is_video_path(source):
-            visuals.append(Visual(tuple(load_video(source, frames)), Modality.VIDEO, str(source)))
-        else:
-            visuals.append(Visual((load_image(source),), kind, str(source)))
-    return visuals
-
-
-def visuals_per_turn(item: BenchItem, visuals: list[Visual]) -> list[list[Visual]]:
-    """Which visuals each question carries: as many as its `<image>` slots; with no slot anywhere, all of
-    them go with the first question (before its text)."""
-    slots = [question.count(IMAGE_SLOT) for question, _ in item.turns]
-    if sum(slots) == 0:
-        return [visuals] + [[] for _ in item.turns[1:]]
-    if sum(slots) != len(visuals):
-        raise PromptError(f"{item.id}: {sum(slots)} {IMAGE_SLOT} slot(s) but {len(visuals)} image(s)/video(s)")
-    starts = [sum(slots[:k]) for k in range(len(slots))]
-    return [visuals[start : start + count] for start, count in zip(starts, slots)]
+def item_messages(item: BenchItem) -> list[Message]:
+    """The item as a conversation with its reference answers, media handed to the questions by their
+    `<image>` slots (all to the first question when it has none); nothing is opened yet."""
+    turns: list[tuple[Role, str]] = []
+    for question, answer in item.turns:
+        turns += [("user", question), ("assistant", answer)]
+    return attach_media(turns, [Media(kind="image", source=ref) for ref in item.images], item.id)

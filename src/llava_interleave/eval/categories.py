@@ -78,10 +78,6 @@ def place(dataset: str) -> Placement:
     return _PLACEMENTS.get(_key(dataset), Placement(dataset, None))
 
 
-def category_of(dataset: str) -> str:
-    return place(dataset).category
-
-
 def canonical_split(name: str | None) -> str | None:
     """'out_of_domain' (the parquet config) -> 'out_domain', 'multi_view_in_domain' -> 'multi_view'; None stays."""
     if name is None or not str(name).strip():

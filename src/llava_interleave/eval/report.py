@@ -19,7 +19,7 @@ from .scoring import Scores
 NONE = "—"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunInfo:
     """What a run was: the settings that shape its answers, and how it was carried out."""
 

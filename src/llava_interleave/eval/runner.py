@@ -15,29 +15,29 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..api import Pipeline, load
-from ..data.sample import Sample, Visual
+from ..data.sample import Sample, Turn, fill_slots
+from ..engine import SamplingConfig
 from ..errors import InterleaveError
-from .bench import BenchItem, load_visuals, read_bench, visuals_per_turn
+from ..model.checkpoint import DTYPES
+from .bench import BenchItem, item_messages, read_bench
 from .report import RunInfo, write_report
 from .scoring import Prediction, Protocol, Scores, read_predictions, score
 from .shards import Shard, current_shard, cut_broken_tail, finished, merge
 
 DEFAULT_NEW_TOKENS: dict[str, int] = {"paper": 1024, "harness": 16}  # the authors' cap; the harness's cap
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class EvalSettingsError(InterleaveError):
     """The run's settings are impossible, or RUN_DIR holds predictions made with other settings."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalSettings:
     """One evaluation run, as the `eval` command takes it."""
 
@@ -69,7 +69,7 @@ class EvalSettings:
         return self.max_new_tokens or DEFAULT_NEW_TOKENS[self.protocol]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalResult:
     predictions: Path
     scores: Scores | None  # None on ranks other than 0
@@ -85,14 +85,18 @@ def select_items(items: Sequence[BenchItem], datasets: Sequence[str] = (), limit
     return chosen[:limit] if limit is not None else chosen
 
 
-def turn_messages(item: BenchItem, per_turn: list[list[Visual]], answers: Sequence[str], turn: int) -> list[dict[str, Any]]:
-    """The conversation up to question `turn`, the model's own answers in between."""
-    messages: list[dict[str, Any]] = []
-    for k in range(turn + 1):
-        messages.append({"role": "user", "content": [*per_turn[k], item.turns[k][0]]})
-        if k < turn:
-            messages.append({"role": "assistant", "content": answers[k]})
-    return messages
+def item_sample(pipe: Pipeline, item: BenchItem, frames: int) -> Sample:
+    """The whole item (questions with their reference answers) as a `Sample`, by the one road."""
+    return pipe.sample(item_messages(item), num_frames=frames, multi_view=item.is_multi_view, sample_id=item.id)
+
+
+def turn_sample(full: Sample, answers: Sequence[str], turn: int) -> Sample:
+    """The conversation up to question `turn` (user turns at even positions), the model's own answers in
+    place of the references before it."""
+    turns = list(full.turns[: 2 * turn + 1])
+    for k, answer in enumerate(answers[:turn]):
+        turns[2 * k + 1] = Turn("assistant", fill_slots(answer, ()))
+    return replace(full, turns=tuple(turns))
 
 
 def _generate(pipe: Pipeline, samples: list[Sample], max_new_tokens: int) -> list[str | InterleaveError]:
@@ -100,7 +104,7 @@ def _generate(pipe: Pipeline, samples: list[Sample], max_new_tokens: int) -> lis
     if not samples:
         return []
     try:
-        return [g.text for g in pipe.generate_samples(samples, max_new_tokens=max_new_tokens, temperature=0.0)]
+        return [g.text for g in pipe.generate_samples(samples, SamplingConfig(max_new_tokens=max_new_tokens))]
     except InterleaveError as err:
         if len(samples) == 1:
             return [err]
@@ -108,24 +112,20 @@ def _generate(pipe: Pipeline, samples: list[Sample], max_new_tokens: int) -> lis
 
 
 def answer_items(pipe: Pipeline, items: Sequence[BenchItem], frames: int, max_new_tokens: int) -> list[list[Prediction]]:
-    """Predictions for every turn of every item, the items' round k answered together as one batch."""
-    per_turn: dict[int, list[list[Visual]]] = {}
+    """Predictions for every turn of every item, the items' round k answered together as one batch.
+
+    Each item becomes a `Sample` once, by the one road (media decoded once for all its rounds)."""
+    full: dict[int, Sample] = {}
     errors: dict[int, str] = {}
     for i, item in enumerate(items):
         try:
-            per_turn[i] = visuals_per_turn(item, load_visuals(item, frames))
+            full[i] = item_sample(pipe, item, frames)
         except InterleaveError as err:
             errors[i] = str(err)
     answers: list[list[str]] = [[] for _ in items]
     for turn in range(max(len(item.turns) for item in items)):
-        samples: dict[int, Sample] = {}
-        for i, item in enumerate(items):
-            if i in errors or turn >= len(item.turns):
-                continue
-            try:
-                samples[i] = pipe.sample(turn_messages(item, per_turn[i], answers[i], turn))
-            except InterleaveError as err:
-                errors[i] = str(err)
+        samples = {i: turn_sample(full[i], answers[i], turn) for i, item in enumerate(items)
+                   if i not in errors and turn < len(item.turns)}
         for i, result in zip(samples, _generate(pipe, list(samples.values()), max_new_tokens)):
             if isinstance(result, InterleaveError):
                 errors[i] = str(result)
@@ -136,8 +136,9 @@ def answer_items(pipe: Pipeline, items: Sequence[BenchItem], frames: int, max_ne
 
 def _predictions(item: BenchItem, answers: list[str], error: str | None) -> list[Prediction]:
     """One prediction per turn; the turns after a failure carry the error and an empty answer."""
-    return [Prediction(item.id, item.dataset, item.category, item.split, item.question_type,
-                       answers[k] if k < len(answers) else "", answer, k, None if k < len(answers) else error)
+    return [Prediction(sample_id=item.id, dataset=item.dataset, category=item.category, split=item.split,
+                       question_type=item.question_type, prediction=answers[k] if k < len(answers) else "",
+                       answer=answer, turn=k, error=None if k < len(answers) else error)
             for k, (_, answer) in enumerate(item.turns)]
 
 
@@ -156,9 +157,10 @@ def load_pipeline(settings: EvalSettings, shard: Shard, pipe: Pipeline | None = 
 
 def run_info(settings: EvalSettings, pipe: Pipeline, items: int, world: int) -> RunInfo:
     proc = pipe.config.processor
-    return RunInfo(settings.bench, settings.model, pipe.processor.template.name,
-                   f"{pipe.config.layout} ({proc.patch_merge}, {proc.image_aspect})", proc.num_frames, proc.video_pooling,
-                   settings.new_tokens, settings.protocol, settings.split or "", items, settings.batch_size, world)
+    return RunInfo(bench=settings.bench, model=settings.model, template=pipe.processor.template.name,
+                   layout=f"{pipe.config.layout} ({proc.patch_merge}, {proc.image_aspect})", frames=proc.num_frames,
+                   video_pooling=proc.video_pooling, max_new_tokens=settings.new_tokens, protocol=settings.protocol,
+                   split=settings.split or "", items=items, batch_size=settings.batch_size, processes=world)
 
 
 def _check_run_dir(out_dir: Path, info: RunInfo, shard: Shard) -> None:
@@ -192,12 +194,12 @@ def run_eval(settings: EvalSettings, pipe: Pipeline | None = None) -> EvalResult
         answered = _answer_into(pipe, todo, settings, shard.file(settings.out_dir))
         shard.barrier()
         if shard.rank != 0:
-            return EvalResult(shard.file(settings.out_dir), None, answered=answered)
+            return EvalResult(predictions=shard.file(settings.out_dir), scores=None, answered=answered)
         merged = merge(settings.out_dir, [item.key for item in items])
         keys = {item.key for item in items}
         scores = score([p for p in read_predictions(merged) if p.key[:2] in keys], settings.protocol)
         files = write_report(settings.out_dir, scores, info)
-        return EvalResult(merged, scores, files[0], answered, files)
+        return EvalResult(predictions=merged, scores=scores, report=files[0], answered=answered, files=files)
     finally:
         shard.close()
 

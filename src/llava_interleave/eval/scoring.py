@@ -33,7 +33,7 @@ class PredictionsError(InterleaveError):
     """A predictions file is missing or a line is not a prediction."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Prediction:
     """One answered turn: what the model said next to the reference answer."""
 
@@ -70,9 +70,11 @@ def prediction_from_json(obj: Any, where: str) -> Prediction:
     dataset = str(obj["dataset"])
     placed = place(dataset)
     split = canonical_split(obj.get("split") or obj.get("split_name")) or placed.split or "in_domain"
-    return Prediction(str(obj["sample_id"]), dataset, str(obj.get("category") or placed.category), split,
-                      str(obj.get("question_type") or "open-ended"), str(obj["pred_response"] or ""),
-                      str(obj["gt_response"] or ""), int(obj.get("turn", 0)), obj.get("error"))
+    return Prediction(sample_id=str(obj["sample_id"]), dataset=dataset,
+                      category=str(obj.get("category") or placed.category), split=split,
+                      question_type=str(obj.get("question_type") or "open-ended"),
+                      prediction=str(obj["pred_response"] or ""), answer=str(obj["gt_response"] or ""),
+                      turn=int(obj.get("turn", 0)), error=obj.get("error"))
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
@@ -103,7 +105,7 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     return list(by_key.values())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Scores:
     """Scores of one protocol: per dataset, category and split, plus the overall mean of the splits."""
 
@@ -152,8 +154,9 @@ def score(predictions: Iterable[Prediction], protocol: Protocol) -> Scores:
         categories = {c: fmean(v) for c, v in sorted(per_category.items())}
     splits = _split_means(categories, split_of)
     overall = fmean(splits.values()) if splits else 0.0
-    return Scores(protocol, datasets, categories, splits, overall, {d: len(v) for d, v in sorted(per_dataset.items())},
-                  errors, dict(sorted(split_of.items())))
+    return Scores(protocol=protocol, datasets=datasets, categories=categories, splits=splits, overall=overall,
+                  samples={d: len(v) for d, v in sorted(per_dataset.items())}, errors=errors,
+                  category_split=dict(sorted(split_of.items())))
 
 
 def _split_means(categories: dict[str, float], split_of: dict[str, str]) -> dict[str, float]:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 
 from ..config import ProcessorConfig, VisionConfig
-from ..data.batch import VisualInput
-from ..data.sample import Modality
 from .anyres import anyres_token_count, grid_shape, unpad
+from .inputs import Modality, VisualInput
 from .pooling import pool_frames, pooled_grid
 
 

@@ -10,10 +10,11 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
-from safetensors import safe_open
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
@@ -21,8 +22,13 @@ from transformers.utils import logging as hf_logging
 from ..config import InterleaveConfig
 from ..errors import CheckpointError
 from . import layouts
+from .device import resolve_device
 from .llava import LlavaInterleave
 
+# The dtypes a user may name (CLI --dtype, eval settings, a training config's dtype), written once so every
+# parser offers the same.
+DType = Literal["float32", "bfloat16", "float16"]
+DTYPES: dict[DType, torch.dtype] = {name: getattr(torch, name) for name in get_args(DType)}
 IMAGE_TOKEN = "<image>"
 # The -hf checkpoints' chat format: per message, its images first, then "\n" + each text part.
 HUB_CHAT_TEMPLATE = (
@@ -54,18 +60,27 @@ def resolve(model: str | os.PathLike) -> Path:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file, which is always one object."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from err
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {path}: {_one_line(err)}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not a {type(data).__name__}")
+    return data
 
 
 def read_config(path: Path) -> InterleaveConfig:
+    """The model config of a checkpoint; impossible values (a negative size, heads that do not divide the
+    width) are refused here, naming the file, before a tensor is allocated."""
     raw = _read_json(path / "config.json")
     layout = layouts.detect_layout(raw)
-    if layout == "original":
-        return layouts.config_from_original(raw)
-    return layouts.config_from_hf(raw, _hf_image_processor(path))
+    try:
+        if layout == "original":
+            return layouts.config_from_original(raw)
+        return layouts.config_from_hf(raw, _hf_image_processor(path))
+    except (ValueError, TypeError, StrictDataclassError) as err:  # the last: transformers' checks of its config
+        raise CheckpointError(f"{path / 'config.json'}: {_one_line(err)}") from err
 
 
 def _hf_image_processor(path: Path) -> dict[str, Any]:
@@ -78,15 +93,33 @@ def _hf_image_processor(path: Path) -> dict[str, Any]:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    index = path / "model.safetensors.index.json"
-    files = sorted(set(_read_json(index)["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    """Every tensor of the checkpoint; a truncated or corrupt file is a `CheckpointError` naming it."""
     state: dict[str, torch.Tensor] = {}
-    for name in files:
+    for name in _weight_files(path):
         if not (path / name).is_file():
             raise CheckpointError(f"{path} has no weights file {name} (only safetensors are read)")
-        with safe_open(path / name, framework="pt") as f:
-            state.update({key: f.get_tensor(key) for key in f.keys()})
+        try:
+            with safe_open(path / name, framework="pt") as f:
+                state.update({key: f.get_tensor(key) for key in f.keys()})
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"cannot read weights {path / name} (truncated or corrupt?): {_one_line(err)}") from err
     return state
+
+
+def _weight_files(path: Path) -> list[str]:
+    """The safetensors files: those the shard index names, else the one `model.safetensors`."""
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return ["model.safetensors"]
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+        raise CheckpointError(f"{index} has no weight_map from tensor names to file names")
+    return sorted(set(weight_map.values()))
+
+
+def _one_line(err: BaseException) -> str:
+    """A library's message squeezed to one line, so the CLI's error stays a single line."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
@@ -104,18 +137,16 @@ def load_model(
     model: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> tuple[LlavaInterleave, PreTrainedTokenizerBase]:
     """Build the model from a checkpoint of either layout. fp32 on CPU and bf16 on CUDA unless `dtype` is given."""
+    device = resolve_device(device)
     path = resolve(model)
     config = read_config(path)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     state = layouts.to_internal(read_weights(path), config.layout, config.vision.num_layers)
     if "lm_head.weight" not in state and not config.text.tie_word_embeddings:
         config = replace(config, text=replace(config.text, tie_word_embeddings=True))  # as saved by tied models
     with torch.device("meta"):
         net = LlavaInterleave(config)
-    missing, unexpected = _check_keys(net, state)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    _check_weights(net, state, path)
     net.load_state_dict(state, strict=False, assign=True)
     if config.text.tie_word_embeddings:
         net.lm_head.weight = net.language_model.embed_tokens.weight
@@ -126,12 +157,20 @@ def load_model(
     return net.to(device=device, dtype=dtype).eval(), load_tokenizer(path)
 
 
-def _check_keys(net: LlavaInterleave, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    expected = set(net.state_dict())
+def _check_weights(net: LlavaInterleave, state: dict[str, torch.Tensor], path: Path) -> None:
+    """The file must hold exactly the tensors, of exactly the shapes, that config.json describes: a config
+    edited by hand would otherwise fail inside `load_state_dict` with a page of size mismatches."""
+    expected = {name: tensor.shape for name, tensor in net.state_dict().items()}
     if net.config.text.tie_word_embeddings:
-        expected.discard("lm_head.weight")
+        expected.pop("lm_head.weight", None)
         state.pop("lm_head.weight", None)
-    return sorted(expected - set(state)), sorted(set(state) - expected)
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    wrong = [f"{name} {tuple(state[name].shape)} vs {tuple(shape)}" for name, shape in expected.items()
+             if state[name].shape != shape]
+    if wrong:
+        raise CheckpointError(f"{path}: weight shapes differ from config.json (file vs config: {', '.join(wrong[:3])})")
 
 
 def save_checkpoint(
@@ -151,7 +190,7 @@ def save_checkpoint(
     if layout == "hf":
         tokenizer = _with_image_token(tokenizer)
         image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        state = _fit_vocab(state, image_token_id, config)
+        state = _fit_vocab(state, image_token_id)
         config = replace(config, text=replace(config.text, vocab_size=state["language_model.embed_tokens.weight"].shape[0]))
         config_json = layouts.config_to_hf(config, image_token_id)
         _write_json(out / "preprocessor_config.json", _preprocessor_json(config))
@@ -171,7 +210,7 @@ def _with_image_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
-def _fit_vocab(state: dict[str, torch.Tensor], token_id: int, config: InterleaveConfig) -> dict[str, torch.Tensor]:
+def _fit_vocab(state: dict[str, torch.Tensor], token_id: int) -> dict[str, torch.Tensor]:
     """Grow the embedding (and untied head) with zero rows when the new image token lies past the vocabulary."""
     rows = state["language_model.embed_tokens.weight"].shape[0]
     if token_id < rows:

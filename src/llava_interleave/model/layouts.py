@@ -249,7 +249,7 @@ def _vision_json(v: VisionConfig, total_layers: int) -> dict[str, Any]:
 
 
 def _extra_json(p: ProcessorConfig) -> dict[str, Any]:
-    return {"video_pooling": p.video_pooling, "num_frames": p.num_frames}
+    return {"video_pooling": p.video_pooling, "num_frames": p.num_frames, "multi_aspect": p.multi_aspect}
 
 
 def config_to_hf(c: InterleaveConfig, image_token_id: int) -> dict[str, Any]:

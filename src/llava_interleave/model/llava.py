@@ -16,8 +16,8 @@ from transformers.cache_utils import Cache
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
 
 from ..config import InterleaveConfig
-from ..data.batch import VisualInput
 from .arrange import arrange
+from .inputs import VisualInput
 from .language_model import build_language_model
 from .merge import merge_visual_tokens
 from .projector import Projector

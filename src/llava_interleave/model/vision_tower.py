@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import SiglipVisionConfig
 from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer, SiglipVisionEmbeddings
 
@@ -41,6 +42,10 @@ class _Encoder(nn.Module):
 
 
 class VisionTower(nn.Module):
+    """`gradient_checkpointing`: in training mode, keep only each encoder layer's input and recompute the
+    layer in the backward pass (training with `grad_checkpointing=true`), trading compute for the memory of
+    the tower's activations, which a batch of many images or frames would otherwise fill."""
+
     def __init__(self, cfg: VisionConfig, attn_implementation: str = "sdpa") -> None:
         super().__init__()
         hf = siglip_config(cfg, attn_implementation)
@@ -52,6 +57,7 @@ class VisionTower(nn.Module):
         """(N, 3, S, S) pixels -> (N, (S/p)^2, C) features of the last kept layer, pre-layernorm."""
         dtype = self.embeddings.patch_embedding.weight.dtype
         hidden = self.embeddings(pixel_values.to(dtype))  # (N, 729, 1152)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.encoder.layers:
-            hidden = layer(hidden, None)
+            hidden = checkpoint(layer, hidden, None, use_reentrant=False) if recompute else layer(hidden, None)
         return hidden

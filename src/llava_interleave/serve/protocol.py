@@ -3,141 +3,246 @@
 Content parts: {"type": "text", "text"}, {"type": "image_url", "image_url": {"url"}} (or the URL as a
 string), and two for video, which OpenAI's format lacks: {"type": "video", "video": [frame URLs]} and
 {"type": "video_url", "video_url": {"url", "frames"}} for a whole file. Each video fills one `<image>` slot.
+
+A body is checked in order of cost: its nesting depth and number sizes before the JSON parser runs (it
+recurses once per level, and Python's int() of a long digit string is quadratic), the schema with a range
+for every field, then the request's own rules; media are decoded last (`media.py`). An error names the
+field at fault as a path, e.g. "messages[0].content[1].image_url.url".
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import numpy as np
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from ..data.sample import Modality, Visual
-from .errors import ApiError, bad_request
-from .media import load_image_url, load_video_url
-from .settings import ServeSettings
+from ..data.conversation import Media, Message
+from ..engine import MAX_SEED
+from .errors import ApiError, Deadline, bad_request
+from .media import MediaLoader
+from .settings import Limits, ServeSettings
+
+MAX_JSON_DEPTH = 64
+MAX_NUMBER_DIGITS = 20  # 2**63 - 1 has 19
+MAX_MESSAGES = 1024
+MAX_PARTS = 1024  # per message
+MAX_STOPS, MAX_STOP_CHARS = 4, 256  # each stop string is matched against the answer's tail at every token
+DEFAULT_VIDEO_FRAMES = 16
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = np.zeros(256, np.int64)
+_STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
 
 
-class Url(BaseModel):
-    url: str
+def _unicode(text: str) -> str:
+    """JSON can carry a lone surrogate ("\\ud800"), which is no character: nothing can encode or tokenise it."""
+    if _SURROGATE.search(text):
+        raise ValueError("not valid Unicode text: it holds a lone surrogate (\\ud800-\\udfff)")
+    return text
+
+
+def _as_url(value: Any) -> Any:
+    return {"url": value} if isinstance(value, str) else value
+
+
+def _as_parts(value: Any) -> Any:
+    return [{"type": "text", "text": value}] if isinstance(value, str) else [] if value is None else value
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else [] if value is None else value
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+
+class Strict(BaseModel):
+    """No coercion ("5" is not a number, true is not 1.0); fields that OpenAI clients send and we do not
+    read (user, logprobs=false ...) are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class Url(Strict):
+    url: Annotated[Text, Field(min_length=1)]
     frames: Annotated[int, Field(ge=1)] | None = None  # video_url only
 
 
-class TextPart(BaseModel):
+UrlField = Annotated[Url, BeforeValidator(_as_url)]  # a bare string is the URL
+
+
+class TextPart(Strict):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
-class ImagePart(BaseModel):
+class ImagePart(Strict):
     type: Literal["image_url"]
-    image_url: Url | str
+    image_url: UrlField
 
 
-class VideoFramesPart(BaseModel):
+class VideoFramesPart(Strict):
     type: Literal["video"]
-    video: Annotated[list[Url | str], Field(min_length=1)]
+    video: Annotated[list[UrlField], Field(min_length=1)]
 
 
-class VideoPart(BaseModel):
+class VideoPart(Strict):
     type: Literal["video_url"]
-    video_url: Url | str
+    video_url: UrlField
 
 
 Part = Annotated[TextPart | ImagePart | VideoFramesPart | VideoPart, Field(discriminator="type")]
+MediaPart = ImagePart | VideoFramesPart | VideoPart
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(Strict):
     role: Literal["system", "user", "assistant"]
-    content: str | list[Part] | None = None
+    content: Annotated[list[Part], BeforeValidator(_as_parts), Field(max_length=MAX_PARTS)] = []  # a string: one part
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class ChatRequest(BaseModel):
-    """The fields we read; others that OpenAI clients send (user, logprobs=false ...) are ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+class ChatRequest(Strict):
+    model: Annotated[Text, Field(max_length=256)] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0  # greedy unless asked, like the CLI
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     n: int = 1
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    stop: Annotated[list[Annotated[Text, Field(max_length=MAX_STOP_CHARS)]], BeforeValidator(_as_list),
+                    Field(max_length=MAX_STOPS)] = []
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
 
     @property
     def stops(self) -> tuple[str, ...]:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return tuple(s for s in stops if s)
+        return tuple(s for s in self.stop if s)
 
     @property
     def requested_tokens(self) -> int | None:
         return self.max_tokens or self.max_completion_tokens
 
+    @property
+    def characters(self) -> int:
+        """Characters of text in all messages: a bound on the prompt's length known before tokenising."""
+        return sum(len(p.text) for m in self.messages for p in m.content if isinstance(p, TextPart))
+
+    @property
+    def has_media(self) -> bool:
+        return any(not isinstance(p, TextPart) for m in self.messages for p in m.content)
+
 
 def parse_request(body: bytes) -> ChatRequest:
     """Validated request, or a 400 that names the first bad field."""
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise bad_request(f"the body is not valid JSON: {err}", "invalid_json") from None
+    data = parse_json(body)
     try:
         request = ChatRequest.model_validate(data)
     except ValidationError as err:
-        problems = [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in err.errors()[:3]]
+        found = ((_path(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in err.errors())
+        problems = list(dict.fromkeys(found))[:3]  # a field that fails two ways of a union, once
         message = "; ".join(f"{where}: {msg}" if where else msg for where, msg in problems)
-        raise bad_request(message, "invalid_request", problems[0][0] or None) from None
+        raise ApiError(400, message, "invalid_request", param=problems[0][0] or None) from None
     if request.n != 1:
         raise bad_request("only n=1 is supported", "unsupported_n", "n")
+    if not any(m.role == "user" for m in request.messages):
+        raise bad_request("there must be at least one message with the role user", "no_user_message", "messages")
+    for i, message in enumerate(request.messages):
+        if message.role != "user" and any(not isinstance(p, TextPart) for p in message.content):
+            raise bad_request(f"only user messages may hold images or videos, not a {message.role} message",
+                              "invalid_prompt", f"messages[{i}]")
     return request
 
 
-def to_messages(request: ChatRequest, settings: ServeSettings) -> list[dict[str, Any]]:
-    """Pipeline messages whose content holds strings and decoded `Visual`s, within the visual-count limit."""
-    limits = settings.limits
-    count = 0
-    messages = []
-    for message in request.messages:
-        parts = [message.content or ""] if not isinstance(message.content, list) else message.content
-        content: list[str | Visual] = []
-        for part in parts:
-            if isinstance(part, str):
-                content.append(part)
-            elif isinstance(part, TextPart):
-                content.append(part.text)
-            else:
-                count += 1
-                if count > limits.max_images:
-                    raise bad_request(f"too many images/videos: the limit is {limits.max_images} per request", "too_many_images")
-                content.append(_visual(part, settings))
-        messages.append({"role": message.role, "content": content})
-    return messages
+def parse_json(body: bytes) -> Any:
+    """The body as JSON, its nesting and its integers bounded before the parser meets them."""
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _nesting(body) > MAX_JSON_DEPTH:
+        raise bad_request(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels", "json_too_deep")
+    try:
+        return json.loads(body.decode("utf-8"), parse_int=_integer, parse_constant=_constant)
+    except UnicodeDecodeError:
+        raise bad_request("the body is not UTF-8 text", "invalid_json") from None
+    except json.JSONDecodeError as err:
+        raise bad_request(f"the body is not valid JSON: {err}", "invalid_json") from None
 
 
-def _visual(part: ImagePart | VideoFramesPart | VideoPart, settings: ServeSettings) -> Visual:
-    max_frames = settings.limits.max_frames
+def _nesting(body: bytes) -> int:
+    """How deeply arrays and objects nest, found without parsing and in C and numpy only (milliseconds for
+    megabytes): escapes are blanked so that every quote left delimits a string, the strings are dropped,
+    and the brackets left are summed in chunks."""
+    plain = body.replace(b"\\\\", b"__").replace(b'\\"', b"__")
+    brackets = memoryview(b"".join(plain.split(b'"')[0::2]).translate(None, _NOT_BRACKETS))
+    depth = peak = 0
+    for start in range(0, len(brackets), 2**20):
+        running = _STEP[np.frombuffer(brackets[start : start + 2**20], np.uint8)].cumsum() + depth
+        peak, depth = max(peak, int(running.max())), int(running[-1])
+    return peak
+
+
+def _integer(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise bad_request(f"a number in the body has more than {MAX_NUMBER_DIGITS} digits", "number_too_large")
+    return int(digits)
+
+
+def _constant(name: str) -> float:
+    raise bad_request(f"the body is not valid JSON: {name} is not a JSON value", "invalid_json")
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic location as a path: ("messages", 0, "content", 1, "image_url", "image_url", "url") ->
+    "messages[0].content[1].image_url.url" (a part's type tag, repeated by its field of the same name, once)."""
+    path = ""
+    for i, step in enumerate(loc):
+        if isinstance(step, int):
+            path += f"[{step}]"
+        elif i + 1 == len(loc) or loc[i + 1] != step:
+            path += f".{step}" if path else step
+    return path
+
+
+def to_messages(request: ChatRequest, settings: ServeSettings, deadline: Deadline | None = None) -> list[Message]:
+    """The request as the conversation every source hands to the one road (`data/conversation.py`), its
+    media counted first, then fetched and decoded under the server's limits by `deadline` (default: the
+    server's timeout from now)."""
+    _check_counts(request, settings.limits)
+    loader = MediaLoader(settings, deadline or Deadline.after(settings.timeout_s))
+    return [Message(message.role, tuple(_part(part, f"messages[{i}].content[{j}]", loader)
+                                        for j, part in enumerate(message.content)))
+            for i, message in enumerate(request.messages)]
+
+
+def _check_counts(request: ChatRequest, limits: Limits) -> None:
+    """Images and frames counted before any is decoded."""
+    media = [(f"messages[{i}].content[{j}]", p) for i, m in enumerate(request.messages) for j, p in enumerate(m.content)
+             if not isinstance(p, TextPart)]
+    if len(media) > limits.max_images:
+        raise bad_request(f"{len(media)} images/videos, over the limit of {limits.max_images} per request",
+                          "too_many_images", "messages")
+    for where, part in media:
+        frames = len(part.video) if isinstance(part, VideoFramesPart) else (
+            part.video_url.frames if isinstance(part, VideoPart) else None)
+        if (frames or 0) > limits.max_frames:
+            raise bad_request(f"{frames} video frames, over the limit of {limits.max_frames}", "too_many_frames", where)
+
+
+def _part(part: TextPart | MediaPart, where: str, loader: MediaLoader) -> str | Media:
+    if isinstance(part, TextPart):
+        return part.text
     if isinstance(part, ImagePart):
-        return Visual((load_image_url(_url(part.image_url), settings),), Modality.IMAGE)
+        return Media(kind="image", source=loader.image(part.image_url.url, f"{where}.image_url"))
     if isinstance(part, VideoFramesPart):
-        if len(part.video) > max_frames:
-            raise bad_request(f"too many video frames: {len(part.video)}, the limit is {max_frames}", "too_many_frames")
-        return Visual(tuple(load_image_url(_url(u), settings) for u in part.video), Modality.VIDEO)
-    frames = part.video_url.frames if isinstance(part.video_url, Url) else None
-    if (frames or 0) > max_frames:
-        raise bad_request(f"too many video frames: {frames}, the limit is {max_frames}", "too_many_frames")
-    return Visual(tuple(load_video_url(_url(part.video_url), frames or min(16, max_frames), settings)), Modality.VIDEO)
-
-
-def _url(value: Url | str) -> str:
-    return value.url if isinstance(value, Url) else value
+        frames = (loader.image(u.url, f"{where}.video[{k}]") for k, u in enumerate(part.video))
+        return Media(kind="video", source=tuple(frames))
+    wanted = part.video_url.frames or min(DEFAULT_VIDEO_FRAMES, loader.limits.max_frames)
+    return Media(kind="video", source=tuple(loader.video(part.video_url.url, wanted, f"{where}.video_url")))
 
 
 def completion_body(

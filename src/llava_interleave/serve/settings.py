@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import InterleaveError
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # the names a browser on this machine uses for it
+ANY_HOST = "*"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class Limits:
     """Per-request bounds, so one request can neither exhaust memory nor stall the queue for long.
 
-    `max_image_pixels` is checked from the image header before any decoding (a 50 kB PNG can claim to be
-    40k x 40k pixels); it also bounds each video frame."""
+    Pixel counts are checked from the header before any decoding (a 50 kB PNG can claim to be 40k x 40k
+    pixels): `max_image_pixels` bounds each image and video frame, `max_request_pixels` all of a request's
+    images and frames together, which bounds the memory its decoded media take (3 bytes a pixel).
+    `max_video_frames` bounds the frames a video file may hold: sampling uniformly decodes all of them."""
 
     max_body_bytes: int = 32 * 2**20
     max_images: int = 16  # visual items (images and videos) in one request
-    max_frames: int = 32  # frames per video
+    max_frames: int = 32  # frames sampled per video
     max_image_pixels: int = 4096 * 4096
+    max_request_pixels: int = 2**25  # e.g. two 4096x4096 images, or 16 frames of 1920x1080
+    max_video_frames: int = 3600  # two minutes at 30 frames/s
     default_max_tokens: int = 256  # when the request gives none (capped by the room left in the context)
+
+    def __post_init__(self) -> None:
+        bad = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name) < 1]
+        if bad:
+            raise InterleaveError(f"every limit must be at least 1, got {', '.join(bad)}")
 
 
 @dataclass(frozen=True)
@@ -30,10 +42,15 @@ class ServeSettings:
     file_root: Path | None = None  # local paths allowed only under this folder; None: no server-side file reads
     max_batch: int = 4
     queue_size: int = 64  # requests waiting (not running) before new ones get 429
-    timeout_s: float = 120.0  # from arrival to the last token; past it the request gets 504
+    max_decoding: int = 2  # requests decoding media at once; the others wait (within their timeout)
+    timeout_s: float = 120.0  # from arrival to the last token, every stage included; past it the request gets 504
+    # Names the Host and Origin headers may carry ("*": any). Loopback names by default, so that neither a
+    # web page the local user opens nor DNS rebinding can use a key-less server on 127.0.0.1.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.queue_size < 1 or self.timeout_s <= 0:
-            raise InterleaveError(f"--max-batch and --queue-size must be at least 1 and --timeout positive, got "
-                                  f"{self.max_batch}, {self.queue_size}, {self.timeout_s}")
+        if min(self.max_batch, self.queue_size, self.max_decoding) < 1 or self.timeout_s <= 0:
+            raise InterleaveError(f"--max-batch, --queue-size and --max-decoding must be at least 1 and --timeout "
+                                  f"positive, got {self.max_batch}, {self.queue_size}, {self.max_decoding}, "
+                                  f"{self.timeout_s}")

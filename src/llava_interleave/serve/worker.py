@@ -2,9 +2,11 @@
 
 The engine samples a whole batch with one temperature/top-p and one generator, so jobs are batched only
 when they share those (greedy jobs always can; a seeded sampled job runs alone, so its seed means the same
-as on its own). Each row keeps its own token budget and stop strings, and a row whose client left or
-whose deadline passed is dropped at the next step; the batch ends when no row is left. Waiting jobs are
-bounded: `submit` past `queue_size` raises a 429. Results go back to the request's event loop as `Event`s.
+as on its own and no two seeds share a generator). Each row keeps its own token budget and stop strings,
+and a row whose client left or whose deadline passed is dropped at the next step; the batch ends when no
+row is left. A batch that fails runs again row by row, so a row that breaks the model fails alone. Waiting
+jobs are bounded: `submit` past `queue_size` raises a 429. Results go back to the request's event loop as
+`Event`s.
 """
 
 from __future__ import annotations
@@ -12,16 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections import Counter, deque
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..api import Pipeline
 from ..data.batch import Encoded
+from ..data.text_stream import TextStream
 from ..engine import SamplingConfig
-from .errors import ApiError
-from .text import TextStream
+from .errors import ApiError, Deadline
 
 log = logging.getLogger("llava_interleave.serve")
 
@@ -36,29 +37,28 @@ class Event:
     error: ApiError | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Job:
     encoded: Encoded
-    max_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
+    sampling: SamplingConfig  # its max_new_tokens is this job's own budget
     stops: tuple[str, ...]
-    deadline: float  # time.monotonic() after which nobody waits for the answer
+    deadline: Deadline  # after it nobody waits for the answer
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    sent: bool = False  # an event went out: the job cannot start again without the client seeing it twice
 
     @property
     def batch_key(self) -> tuple[object, ...]:
-        if self.temperature <= 0:
+        if self.sampling.greedy:
             return ("greedy",)
-        if self.seed is not None:
+        if self.sampling.seed is not None:
             return ("seeded", id(self))
-        return ("sampled", self.temperature, self.top_p)
+        return ("sampled", self.sampling.temperature, self.sampling.top_p)
 
     def emit(self, event: Event) -> None:
         """Thread-safe: hand an event to the request's coroutine."""
+        self.sent = True
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
@@ -68,7 +68,7 @@ class Job:
     @property
     def abandoned(self) -> str | None:
         """Why nobody waits for this job any more: "timeout" (its deadline passed), "cancelled" (client left)."""
-        if time.monotonic() > self.deadline:
+        if self.deadline.passed:
             return "timeout"
         return "cancelled" if self.cancelled.is_set() else None
 
@@ -119,13 +119,23 @@ class Worker:
                 self.running = len(batch)
                 self.batch_sizes[len(batch)] += 1
             try:
-                self._generate(batch)
-            except Exception as err:  # the model failed on this batch: answer its jobs, keep serving
-                log.exception("generation failed")
-                for job in batch:
-                    job.emit(Event(error=ApiError(500, f"generation failed: {err}", "generation_failed", "server_error")))
+                self._run(batch)
             finally:
                 self.running = 0
+
+    def _run(self, batch: list[Job]) -> None:
+        """Generate a batch; when it fails, each row that has sent nothing yet runs again alone, so the rows
+        batched with one that breaks the model still get their answers."""
+        try:
+            self._generate(batch)
+        except Exception:  # a fault of the model or of one row: answer its jobs, keep serving
+            log.exception("generation failed for a batch of %d", len(batch))
+            for job in batch:
+                if len(batch) > 1 and not job.sent:
+                    self._run([job])
+                else:
+                    job.emit(Event(error=ApiError(500, "generation failed (logged on the server)", "generation_failed",
+                                                  "server_error")))
 
     def _next_batch(self) -> list[Job] | None:
         """The oldest live job and up to max_batch - 1 later ones that can share its batch; None when stopping."""
@@ -148,7 +158,7 @@ class Worker:
 
     def _fits(self, jobs: list[Job]) -> bool:
         """Left padding puts every row at the longest prompt: each must still fit prompt + budget in the context."""
-        return max(len(j.encoded) for j in jobs) + max(j.max_tokens for j in jobs) <= self.pipe.config.max_length
+        return max(len(j.encoded) for j in jobs) + max(j.sampling.max_new_tokens for j in jobs) <= self.pipe.config.max_length
 
     def _purge(self) -> None:
         """Drop waiting jobs whose client left or whose deadline passed, so they hold no queue place (lock held)."""
@@ -159,7 +169,8 @@ class Worker:
     def _generate(self, batch: list[Job]) -> None:
         pipe = self.pipe
         first = batch[0]
-        sampling = SamplingConfig(max(j.max_tokens for j in batch), first.temperature, first.top_p, pipe.stop_ids, first.seed)
+        sampling = replace(first.sampling, max_new_tokens=max(j.sampling.max_new_tokens for j in batch),
+                           stop_token_ids=pipe.stop_ids)
         streams = [TextStream(self._decode, job.stops) for job in batch]
         live = set(range(len(batch)))
         with closing(pipe.engine.stream([j.encoded for j in batch], sampling)) as steps:
@@ -185,7 +196,7 @@ class Worker:
             job.emit(Event(text=piece))
         if stream.stopped:
             return "stop"
-        return "length" if len(stream.ids) >= job.max_tokens else None
+        return "length" if len(stream.ids) >= job.sampling.max_new_tokens else None
 
     def _finish(self, job: Job, stream: TextStream, finish: str) -> None:
         with self._cond:

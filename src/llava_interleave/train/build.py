@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..data.tokenizer import train_tokenizer
+from ..errors import import_extra
 from ..model.checkpoint import load_model, load_tokenizer
 from ..model.llava import LlavaInterleave
 from .config import PARTS, ConfigError, LoraSpec, ModelSpec, OptimSpec
@@ -84,20 +86,24 @@ def param_groups(net: nn.Module, optim: OptimSpec) -> list[dict[str, Any]]:
     ]
 
 
+def _peft(module: str) -> ModuleType:
+    """peft is the `lora` extra: imported only by a run with lora.enabled, with a one-line error without it."""
+    return import_extra(module, "LoRA (lora.enabled=true)", "lora")
+
+
 def add_lora(net: LlavaInterleave, spec: LoraSpec) -> None:
     """Insert peft LoRA layers into the LLM in place (names gain `.base_layer` and `.lora_A/B`)."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.target_modules))
-    inject_adapter_in_model(config, net.language_model)
+    peft = _peft("peft")
+    config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                             target_modules=list(spec.target_modules))
+    peft.inject_adapter_in_model(config, net.language_model)
 
 
 def merge_lora(net: nn.Module) -> nn.Module:
     """Fold the adapters into their base weights and put the plain layers back: an ordinary checkpoint."""
-    from peft.tuners.lora import LoraLayer
-
+    lora = _peft("peft.tuners.lora")
     for name, module in list(net.named_modules()):
-        if isinstance(module, LoraLayer):
+        if isinstance(module, lora.LoraLayer):
             module.merge()
             parent, _, child = name.rpartition(".")
             setattr(net.get_submodule(parent), child, module.get_base_layer())

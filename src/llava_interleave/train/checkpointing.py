@@ -1,25 +1,32 @@
-"""Crash-safe training checkpoints.
+"""Crash-safe, verified training checkpoints.
 
-A checkpoint is written into a hidden temporary directory, fsynced, marked with a COMPLETE
-file, and only then renamed into place, so a crash at any point leaves the previous latest
-checkpoint intact and loadable. RNG states travel with the checkpoint so a resumed run
-continues the same random streams (data order, dropout) as an uninterrupted one.
+A checkpoint is written into a hidden temporary directory, fsynced, sealed with a MANIFEST.json (size and
+sha256 of every file, written last), and only then renamed into place, so a crash at any point leaves the
+previous latest checkpoint intact and loadable. A file damaged later (truncated, bytes overwritten) no
+longer matches its manifest: `resume_point` names it and falls back to the newest checkpoint that does
+match, because a silently loaded bad tensor turns a resumed run into NaN. RNG states travel with the
+checkpoint so a resumed run continues the same random streams (data order, dropout) as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
+
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.pt"
-COMPLETE_MARKER = "COMPLETE"
+MANIFEST_FILE = "MANIFEST.json"  # {"step": N, "files": {name: {"size": bytes, "sha256": hex}}}
 STEP_PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 
@@ -52,11 +59,21 @@ def _write_state(directory: Path, state: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def _write_complete_marker(directory: Path, step: int) -> None:
-    """Write the marker last: its presence proves every other file was fully written."""
-    path = directory / COMPLETE_MARKER
-    with open(path, "w") as handle:
-        handle.write(f"{step}\n")
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(directory: Path, step: int) -> None:
+    """Write the manifest last: its presence proves every other file was fully written, and its sizes and
+    checksums (of the bytes read back from disk) prove later that none was damaged since."""
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    with open(directory / MANIFEST_FILE, "w") as handle:
+        json.dump({"step": step, "files": files}, handle, indent=1)
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -71,15 +88,16 @@ def _step_of(path: Path) -> int | None:
 
 
 def _complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints sorted by step, oldest first; tmp and unmarked dirs are skipped."""
+    """Checkpoints with a manifest sorted by step, oldest first; tmp and unsealed dirs are skipped."""
+    return [path for path in _step_dirs(run_dir) if (path / MANIFEST_FILE).is_file()]
+
+
+def _step_dirs(run_dir: Path) -> list[Path]:
+    """Every step-N directory sorted by step, oldest first, sealed or not."""
     root = _checkpoint_root(run_dir)
     if not root.is_dir():
         return []
-    found = []
-    for child in root.iterdir():
-        step = _step_of(child)
-        if step is not None and child.is_dir() and (child / COMPLETE_MARKER).is_file():
-            found.append((step, child))
+    found = [(step, child) for child in root.iterdir() if (step := _step_of(child)) is not None and child.is_dir()]
     return [path for _, path in sorted(found)]
 
 
@@ -102,7 +120,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: 
 
     The caller puts model/optimizer/scheduler state dicts, the data position and rng_state()
     into `state`. Writing goes to a .tmp- directory that is renamed into place only after the
-    COMPLETE marker is on disk, so readers never see a partial checkpoint.
+    manifest is on disk, so readers never see a partial checkpoint.
     """
     root = _checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -111,7 +129,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: 
     tmp = root / f"{TMP_PREFIX}{name}-{os.getpid()}"
     tmp.mkdir()
     _write_state(tmp, state)
-    _write_complete_marker(tmp, step)
+    _write_manifest(tmp, step)
     _fsync_path(tmp)
     final = root / name
     if final.exists():
@@ -129,16 +147,58 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep_last: 
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """Newest complete checkpoint, or None; lets a restarted job resume without arguments."""
+    """Newest sealed checkpoint (its files not checked), or None."""
     complete = _complete_checkpoints(run_dir)
     return complete[-1] if complete else None
 
 
+def verify_checkpoint(path: Path) -> str | None:
+    """What is wrong with a checkpoint, in a few words, or None when every file matches its manifest."""
+    try:
+        files = json.loads((path / MANIFEST_FILE).read_text())["files"]
+        expected = {str(name): (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
+    except FileNotFoundError:
+        return f"no {MANIFEST_FILE}: its writing never finished"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"unreadable {MANIFEST_FILE}"
+    if STATE_FILE not in expected:
+        return f"{MANIFEST_FILE} does not list {STATE_FILE}"
+    for name, (size, digest) in expected.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size:,} bytes, its manifest says {size:,}"
+        if _sha256(file) != digest:
+            return f"{name} does not match its sha256 in {MANIFEST_FILE}"
+    return None
+
+
+def resume_point(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint whose files match their manifest, loaded; each newer damaged one is named in
+    one line through `warn`. None when the run has no checkpoint at all.
+
+    Raises:
+        CheckpointError: checkpoints exist but none is intact (one line naming them)."""
+    damaged = []
+    for path in reversed(_step_dirs(run_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path, load_checkpoint(path)
+        warn(f"checkpoint {path} is damaged ({problem}): not used")
+        damaged.append(path.name)
+    if damaged:
+        raise CheckpointError(f"cannot resume: no intact checkpoint in {_checkpoint_root(run_dir)} "
+                              f"({', '.join(damaged)} damaged); start again without --resume")
+    return None
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load the state dict saved by save_checkpoint (tensors land on CPU)."""
+    """Load the state dict saved by save_checkpoint (tensors land on CPU); `verify_checkpoint` first when
+    the files may have been damaged since."""
     path = Path(path)
-    if not (path / COMPLETE_MARKER).is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER} marker)")
+    if not (path / MANIFEST_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MANIFEST_FILE})")
     # weights_only=False is safe here: these are files our own training loop wrote, and the
     # state holds numpy/python RNG states that the weights-only unpickler rejects.
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)

@@ -1,8 +1,9 @@
 """Training configs: small frozen dataclasses, read from YAML and `section.key=value` overrides.
 
 Defaults follow the released interleave recipe (projector + LLM tuned, vision tower frozen, cosine
-schedule with 3% warmup, 1e-5, clipping at 1.0). Unknown keys are errors that list the valid ones, so a
-typo in a long run's config fails at once instead of being silently ignored.
+schedule with 3% warmup, 1e-5, clipping at 1.0). Unknown keys, and values outside a `Literal` field's
+choices, are errors that list the valid ones, so a typo in a long run's config fails when it is read
+instead of being silently ignored or failing hours later.
 """
 
 from __future__ import annotations
@@ -12,13 +13,22 @@ import typing
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from ..config import ProcessorConfig
+from ..data.config import DataConfig
+from ..data.templates import TemplateName
 from ..errors import InterleaveError
+from ..model.checkpoint import DType
+from .distributed import Strategy
+from .schedule import Schedule
 
-PARTS = ("vision_tower", "projector", "llm")
+Part = Literal["vision_tower", "projector", "llm"]
+PARTS: tuple[Part, ...] = typing.get_args(Part)
+Preset = Literal["tiny", "nano"]  # see train/presets.py
+LossAverage = Literal["token", "sample"]
 
 
 class ConfigError(InterleaveError):
@@ -28,44 +38,31 @@ class ConfigError(InterleaveError):
 @dataclass(frozen=True)
 class ModelSpec:
     checkpoint: str | None = None  # start from this checkpoint (either layout) ...
-    preset: str | None = None  # ... or build a new model: "tiny" or "nano" (see train/presets.py)
+    preset: Preset | None = None  # ... or build a new model
     tokenizer: str | None = None  # new models: a tokenizer directory; none = train a BPE on the data's text
     vocab_size: int = 1024  # size of that trained BPE
-    template: str = "qwen_1_5"
+    template: TemplateName = "qwen_1_5"
     processor: dict[str, Any] = field(default_factory=dict)  # overrides, e.g. {image_aspect: pad}
 
 
 @dataclass(frozen=True)
-class DataSpec:
-    path: str = ""  # a .json/.jsonl file or a mixture .yaml
-    image_root: str | None = None  # default: the data file's folder
-    video_root: str | None = None
-    video_map: str | None = None
-    max_length: int = 4096
-    truncation: str = "trailing_turns"  # or "drop"
-    num_frames: int = 16
-    front_fraction: float = 0.0  # share of samples whose images move in front of the text
-    max_skip_ratio: float = 0.2  # stop when more than this share of samples is broken
-    packing: bool = False  # pack each micro-batch's samples into fewer rows (block-diagonal attention)
-    pack_tokens: int = 0  # row budget when packing; 0 = the micro-batch's longest sample (no row gets longer)
-    group_by_length: bool = True  # batches of one modality and similar length
-
-
-@dataclass(frozen=True)
 class OptimSpec:
-    tune: tuple[str, ...] = ("projector", "llm")  # any of vision_tower, projector, llm
+    tune: tuple[Part, ...] = ("projector", "llm")
     lr: float = 1e-5
     vision_tower_lr: float | None = None  # per-part learning rates; None = lr
     projector_lr: float | None = None
     llm_lr: float | None = None
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "cosine"  # cosine | linear | constant, after a linear warmup
+    schedule: Schedule = "cosine"
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
-    loss_average: str = "token"  # SFT: "token" (every supervised token counts the same, as LLaVA) or "sample"
+    loss_average: LossAverage = "token"  # SFT: every supervised token counts the same (as LLaVA), or every sample
+    max_loss: float | None = None  # a step with a loss over this is exploding (train/guard.py); None: no ceiling
+    loss_spike: float | None = None  # ... or with a loss over this many times the median of recent steps
+    skip_bad_steps: bool = False  # skip (and count) a non-finite or exploding step instead of stopping the run
 
-    def lr_of(self, part: str) -> float:
+    def lr_of(self, part: Part) -> float:
         value = getattr(self, f"{part}_lr")
         return self.lr if value is None else value
 
@@ -91,7 +88,7 @@ class DPOSpec:
 @dataclass(frozen=True)
 class TrainConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
-    data: DataSpec = field(default_factory=DataSpec)
+    data: DataConfig = field(default_factory=DataConfig)
     optim: OptimSpec = field(default_factory=OptimSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)
     dpo: DPOSpec = field(default_factory=DPOSpec)
@@ -102,9 +99,9 @@ class TrainConfig:
     max_steps: int = 0  # > 0 caps the run (and sets the schedule's length)
     seed: int = 0
     device: str | None = None  # default: cuda when available
-    dtype: str | None = None  # float32 | bfloat16; default float32 on CPU, bfloat16 autocast on GPU
+    dtype: DType | None = None  # default float32 on CPU, bfloat16 autocast on GPU
     grad_checkpointing: bool = False
-    distributed: str = "fsdp"  # under torchrun: fsdp (sharded parameters) or ddp
+    distributed: Strategy = "fsdp"  # under torchrun
     save_every: int = 200  # steps between checkpoints (and one at the end)
     keep_last: int = 3
     log_every: int = 1
@@ -129,6 +126,10 @@ def _convert(kind: Any, value: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be a list, got {value!r}")
         inner = args[0] if args else Any
         return tuple(_convert(inner, v, name) for v in items)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
     if origin is dict or kind is Any:
         return value
     if kind is float:
@@ -178,7 +179,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = (), cls: type = TrainConfig) -> Any:
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """YAML file (optional) + overrides -> frozen config. Paths written in the YAML are relative to the YAML's
     folder (a recipe works from any directory); paths given as overrides are relative to where you are."""
     data: dict[str, Any] = {}
@@ -190,7 +191,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), cls: typ
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         _anchor_paths(data, Path(path).resolve().parent)
-    return validate(build(cls, apply_overrides(data, list(overrides))))
+    data = apply_overrides(data, list(overrides))
+    _placement_seed(data)
+    return validate(build(TrainConfig, data))
 
 
 def _anchor_paths(data: dict[str, Any], base: Path) -> None:
@@ -206,22 +209,25 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> None:
                 node[key] = str(base / value)
 
 
+def _placement_seed(data: dict[str, Any]) -> None:
+    """`data.seed` (which samples get their images in front) follows the run's `seed` unless it is given, so
+    one seed still decides a whole run."""
+    section = data.setdefault("data", {})
+    if isinstance(section, dict) and "seed" not in section:
+        section["seed"] = data.get("seed", TrainConfig.seed)
+
+
 def validate(config: TrainConfig) -> TrainConfig:
-    bad = [p for p in config.optim.tune if p not in PARTS]
-    if bad:
-        raise ConfigError(f"optim.tune: unknown part {bad[0]!r}; choose from {', '.join(PARTS)}")
+    """Rules across keys; each key's own type and choices were checked when it was read."""
     if (config.model.checkpoint is None) == (config.model.preset is None):
         raise ConfigError("give exactly one of model.checkpoint (start from weights) and model.preset (a new model)")
     if not config.data.path:
         raise ConfigError("data.path is required: a .json/.jsonl file or a mixture .yaml")
-    if config.optim.loss_average not in ("token", "sample"):
-        raise ConfigError(f"optim.loss_average must be token or sample, not {config.optim.loss_average!r}")
-    if config.optim.schedule not in ("cosine", "linear", "constant"):
-        raise ConfigError(f"optim.schedule must be cosine, linear or constant, not {config.optim.schedule!r}")
-    if config.distributed not in ("fsdp", "ddp"):
-        raise ConfigError(f"distributed must be fsdp or ddp, not {config.distributed!r}")
+    build(ProcessorConfig, config.model.processor, "model.processor.")  # its keys and choices, before any weights load
     if min(config.batch_size, config.grad_accum, config.save_every, config.keep_last, config.log_every) < 1:
         raise ConfigError("batch_size, grad_accum, save_every, keep_last and log_every must be at least 1")
+    if config.optim.loss_spike is not None and config.optim.loss_spike <= 1:
+        raise ConfigError(f"optim.loss_spike must be over 1 (a factor over the median loss), got {config.optim.loss_spike}")
     return config
 
 

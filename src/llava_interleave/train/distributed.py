@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -22,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+Strategy = Literal["fsdp", "ddp"]  # sharded parameters, or replicas
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,14 @@ class Dist:
         if self.world > 1:
             dist.all_reduce(value)
         return value
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's `value` (any picklable object), in rank order."""
+        if self.world == 1:
+            return [value]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -61,7 +71,7 @@ def shutdown(group: Dist) -> None:
         dist.destroy_process_group()
 
 
-def wrap(net: nn.Module, group: Dist, strategy: str) -> nn.Module:
+def wrap(net: nn.Module, group: Dist, strategy: Strategy) -> nn.Module:
     """FSDP: every vision and decoder layer its own shard unit, the rest (embeddings, projector, head) the
     root's. DDP: replicas; unused parameters are allowed (a text-only batch leaves the projector idle)."""
     if group.world == 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,15 +21,16 @@ import torch
 
 from ..data.batch import Encoded
 from ..data.collate import pad_collate
-from ..data.dataset import SkipBudget
-from ..data.m4 import DataError, JsonSource, Record, to_sample
+from ..data.dataset import Skipped
+from ..data.m4 import to_sample
 from ..data.processor import IGNORE_INDEX, Processor
+from ..data.records import DataError, JsonSource, Record, entry_id, parse_record
 from ..data.templates import get_template
 from ..errors import InterleaveError
 from ..model.checkpoint import load_model
 from .config import ConfigError, TrainConfig
 from .dpo_loss import dpo_loss, dpo_objective, sequence_logprobs, split_concatenated
-from .sft import forward_batch, resolver_for, supervised
+from .sft import TOKENIZER_TEXTS, forward_batch, resolver_for, supervised
 from .trainer import Trainer
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -49,13 +51,10 @@ def parse_pair(obj: Any, source: str, line: int) -> tuple[Record, Record]:
     missing = [k for k in ("id", *FIELDS) if not isinstance(obj.get(k), str)]
     if missing:
         raise DataError(f"needs string fields id, prompt, chosen, rejected (missing or not text: {', '.join(missing)})", source, line)
-    images = obj.get("image") or ()
-    images = (images,) if isinstance(images, str) else tuple(images)
-    video = obj.get("video")
-
-    def record(answer: str) -> Record:
-        turns = (("human", obj["prompt"]), ("gpt", obj[answer]))
-        return Record(obj["id"], images, video, turns, {}, source, 0, line)
+    def record(answer: str) -> Record:  # an M4 entry of one round, checked by the same rules as SFT data
+        turns = [{"from": "human", "value": obj["prompt"]}, {"from": "gpt", "value": obj[answer]}]
+        entry = {"id": obj["id"], "image": obj.get("image"), "video": obj.get("video"), "conversations": turns}
+        return parse_record(entry, source, 0, line)
 
     return record("chosen"), record("rejected")
 
@@ -80,7 +79,6 @@ class DPOObjective:
         raws = [self._raw(i) for i in range(len(self.source))]
         self.modalities = ["video" if isinstance(r, dict) and r.get("video") else "image" for r in raws]
         self.lengths = [len(json.dumps(r)) // 4 for r in raws]  # characters / 4: a cheap proxy for grouping
-        self.budget = SkipBudget(config.data.max_skip_ratio)
         spec = config.dpo
         self.precomputed = read_reference(spec.reference_logprobs) if spec.reference_logprobs else None
 
@@ -91,7 +89,7 @@ class DPOObjective:
             return None  # reported (and skipped) when the pair is used
 
     def texts(self) -> Iterator[str]:
-        for i in range(min(len(self.source), 20_000)):
+        for i in range(min(len(self.source), TOKENIZER_TEXTS)):
             raw = self._raw(i)
             yield from (str(raw.get(k, "")) for k in FIELDS) if isinstance(raw, dict) else ()
 
@@ -104,7 +102,7 @@ class DPOObjective:
             net = load_model(source, device="cpu", dtype=torch.float32)[0] if source else copy.deepcopy(trainer.net)
             self.reference = net.to(trainer.device).eval().requires_grad_(False)
 
-    def get(self, index: int) -> Pair | None:
+    def get(self, index: int) -> Pair | Skipped:
         try:
             chosen, rejected = parse_pair(self.source.raw(index), str(self.source.path), self.source.line(index))
             encoded = [self.encode(r) for r in (chosen, rejected)]
@@ -114,19 +112,17 @@ class DPOObjective:
                     raise DataError(f"no precomputed reference log-probs for id {chosen.id!r}")
                 reference = self.precomputed[chosen.id]
         except InterleaveError as err:
-            self.budget.record((type(err).__name__, f"pair {index}: {err}"))
-            return None
-        self.budget.record(None)
+            return Skipped(index, entry_id(self.source, index), str(self.source.path), self.source.line(index),
+                           err.reason, f"pair {index}: {err}")
         return Pair(chosen.id, encoded[0], encoded[1], reference)
 
     def encode(self, record: Record) -> Encoded:
-        encoded = self.processor.encode(to_sample(record, self.resolver, self.config.data.num_frames), add_generation_prompt=False)
+        sample = to_sample(record, self.resolver, num_frames=self.config.data.num_frames,
+                           anyres=self.processor.config.processor.uses_anyres)
+        encoded = self.processor.encode(sample, add_generation_prompt=False)
         if len(encoded) > self.config.data.max_length:
             raise DataError(f"{len(encoded)} tokens > data.max_length {self.config.data.max_length}")
         return encoded
-
-    def skipped(self) -> dict[str, int]:
-        return dict(self.budget.skipped)
 
     def weight(self, items: Sequence[Pair]) -> int:
         return len(items)
@@ -162,9 +158,10 @@ class DPOObjective:
         }
 
 
-def train(config: TrainConfig, resume: bool = False) -> Path:
-    """Run DPO; returns the final model directory (`OUT_DIR/final`)."""
-    return Trainer(config, DPOObjective, resume).run()
+def train(config: TrainConfig, resume: bool = False, allow_config_change: bool = False) -> Path:
+    """Run DPO; returns the final model directory (`OUT_DIR/final`). `allow_config_change`: resume although
+    the config differs from the checkpoint's (train/resume.py)."""
+    return Trainer(config, DPOObjective, resume, allow_config_change).run()
 
 
 def write_reference(config: TrainConfig, out: str | Path) -> int:
@@ -174,13 +171,15 @@ def write_reference(config: TrainConfig, out: str | Path) -> int:
     if trainer.dist.world > 1:
         raise ConfigError("--write-reference runs in one process (not under torchrun)")
     objective: DPOObjective = trainer.objective  # type: ignore[assignment]
-    written = 0
+    written, skipped = 0, Counter[str]()
     with open(out, "w") as f, torch.no_grad(), trainer.autocast():
         for index in range(len(objective.source)):
             pair = objective.get(index)
-            if pair is not None:
-                chosen, rejected = split_concatenated(objective.logprobs(objective.reference, [pair])[0])
-                f.write(json.dumps({"id": pair.id, "chosen": float(chosen), "rejected": float(rejected)}) + "\n")
-                written += 1
-    print(f"wrote reference log-probs of {written} pairs to {out}; skipped: {objective.skipped() or 'none'}")
+            if isinstance(pair, Skipped):
+                skipped[pair.reason] += 1
+                continue
+            chosen, rejected = split_concatenated(objective.logprobs(objective.reference, [pair])[0])
+            f.write(json.dumps({"id": pair.id, "chosen": float(chosen), "rejected": float(rejected)}) + "\n")
+            written += 1
+    print(f"wrote reference log-probs of {written} pairs to {out}; skipped: {dict(skipped) or 'none'}")
     return written

@@ -17,22 +17,22 @@ from ..config import (
     dataclass_from_dict,
 )
 from ..model.layouts import ORIGINAL_IMAGE_TOKEN
-from .config import ConfigError
+from .config import ConfigError, Preset
 
-VISION = {
+VISION: dict[Preset, VisionConfig] = {
     # 28 px, 7 px patches: 16 tokens per image; milliseconds per step, for tests
     "tiny": VisionConfig(image_size=28, patch_size=7, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2),
     # 64 px, 8 px patches: 64 tokens per image; the bundled model
     "nano": VisionConfig(image_size=64, patch_size=8, hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4),
 }
-TEXT = {
+TEXT: dict[Preset, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2},
     "nano": {"hidden_size": 256, "intermediate_size": 704, "num_layers": 6, "num_heads": 8, "num_kv_heads": 4},
 }
-CONTEXT = {"tiny": 4096, "nano": 4096}
+CONTEXT: dict[Preset, int] = {"tiny": 4096, "nano": 4096}
 
 
-def preset_config(name: str, tokenizer: Any, processor: dict[str, Any]) -> InterleaveConfig:
+def preset_config(name: Preset, tokenizer: Any, processor: dict[str, Any]) -> InterleaveConfig:
     """A new model's config: sizes from the preset, vocabulary from the tokenizer, anyres pinpoints scaled
     to the tower's crop size (the released 1x2, 2x1, 2x2, 3x1, 1x3 grids)."""
     if name not in VISION:

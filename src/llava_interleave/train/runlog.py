@@ -12,14 +12,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import InterleaveError, import_extra
+
 LOG_FILE = "log.jsonl"
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The log's records; a last line torn by a kill is left out (the resumed run writes that step again)."""
     path = Path(run_dir) / LOG_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise InterleaveError(f"{path}:{number}: not a JSON line; the log is damaged") from None
+    return records
 
 
 class RunLog:
@@ -32,11 +43,8 @@ class RunLog:
         self.started = time.perf_counter()
         self.writer = None
         if tensorboard:
-            from torch.utils.tensorboard import (
-                SummaryWriter,  # needs the `tensorboard` package
-            )
-
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
+            board = import_extra("torch.utils.tensorboard", "tensorboard=true", "tensorboard")
+            self.writer = board.SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
 
     def step(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")

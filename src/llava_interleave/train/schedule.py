@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
+Schedule = Literal["cosine", "linear", "constant"]  # after a linear warmup
 
-def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+
+def lr_factor(step: int, total: int, warmup: int, kind: Schedule) -> float:
     """Multiplier of the base learning rate for optimiser step `step` (0-based) of `total`.
 
     Warmup ramps (step + 1) / warmup so that the first step already learns (a 0 learning rate would waste it)."""
@@ -20,7 +23,7 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float, kind: str, start: int = 0
+    optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float, kind: Schedule, start: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The schedule positioned at optimiser step `start` (groups carry their base rate as `initial_lr`). A
     resumed run rebuilds it from its own config rather than loading the old one, so a run extended with a

@@ -9,6 +9,7 @@ with padding, and the pad tokens go), with a block-diagonal mask so no sample se
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,18 +17,20 @@ import torch.nn.functional as F
 
 from ..data.batch import Encoded
 from ..data.collate import Batch, pack_collate, pack_greedy, pad_collate
-from ..data.dataset import DataConfig, SFTDataset
-from ..data.m4 import MediaResolver, Record, default_modality, open_records
+from ..data.config import DataConfig
+from ..data.dataset import SFTDataset, Skipped
+from ..data.m4 import MediaResolver, record_scenario
 from ..data.processor import IGNORE_INDEX, Processor
+from ..data.records import Record, open_records, try_record
 from ..data.stats import TokenCounter
 from ..data.templates import get_template
-from .config import DataSpec, TrainConfig
+from .config import TrainConfig
 from .trainer import Trainer
 
 TOKENIZER_TEXTS = 20_000  # records read to train a new model's tokenizer
 
 
-def resolver_for(data: DataSpec) -> MediaResolver:
+def resolver_for(data: DataConfig) -> MediaResolver:
     """Media paths are relative to `data.image_root`, else to the data file's folder."""
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
@@ -35,9 +38,11 @@ def resolver_for(data: DataSpec) -> MediaResolver:
     return MediaResolver(path(data.image_root) or Path(data.path).parent, path(data.video_root), path(data.video_map))
 
 
-def record_texts(records: Sequence[Record], limit: int = TOKENIZER_TEXTS) -> Iterator[str]:
-    for index in range(min(limit, len(records))):
-        yield from (text for _, text in records[index].turns)
+def record_texts(records: Sequence[Record]) -> Iterator[str]:
+    """The turns' text of the first readable records, to train a new model's tokenizer on."""
+    for index in range(min(TOKENIZER_TEXTS, len(records))):
+        record = try_record(records, index)
+        yield from (text for _, text in record.turns) if record else ()
 
 
 def supervised(encoded: Encoded) -> int:
@@ -77,7 +82,6 @@ class SFTObjective:
         self.config = config
         self.records = open_records(config.data.path, config.seed)
         self.resolver = resolver_for(config.data)
-        self.modalities = [default_modality(r).value for r in self.records]
 
     def texts(self) -> Iterator[str]:
         return record_texts(self.records)
@@ -88,21 +92,23 @@ class SFTObjective:
         self.pad_id = model_config.pad_token_id
         self.max_length = min(data.max_length, model_config.max_length)
         processor = Processor(trainer.tokenizer, model_config, template)
-        self.dataset = SFTDataset(self.records, self.resolver, processor, DataConfig(
-            max_length=self.max_length, truncation=data.truncation, num_frames=data.num_frames,  # type: ignore[arg-type]
-            front_fraction=data.front_fraction, max_skip_ratio=data.max_skip_ratio, seed=self.config.seed))
+        self.dataset = SFTDataset(self.records, self.resolver, processor, replace(data, max_length=self.max_length))
+        anyres = model_config.processor.uses_anyres
         if data.group_by_length:
             counter = TokenCounter(trainer.tokenizer, model_config, template)
-            self.lengths = [counter.count(r, default_modality(r), self.resolver) for r in self.records]
+            self.lengths, self.modalities = [], []
+            for index in range(len(self.records)):  # one record at a time: nothing parsed is kept
+                record = try_record(self.records, index)
+                self.lengths.append(counter.count(record, self.resolver) if record else 0)
+                self.modalities.append(record_scenario(record, self.resolver, anyres=anyres).value if record else "broken")
         else:
             self.lengths = [0] * len(self.records)
+            self.modalities = ["any"] * len(self.records)
         self.empty = Encoded([self.pad_id], [IGNORE_INDEX], ())
 
-    def get(self, index: int) -> Encoded | None:
-        return self.dataset[index]
-
-    def skipped(self) -> dict[str, int]:
-        return dict(self.dataset.budget.skipped)
+    def get(self, index: int) -> Encoded | Skipped:
+        encoded, skip = self.dataset.encode(index)
+        return self.dataset.skipped(index, skip) if skip is not None else encoded
 
     def weight(self, items: Sequence[Encoded]) -> int:
         """What the summed loss is divided by: supervised tokens, or samples with any (`optim.loss_average`)."""
@@ -127,6 +133,7 @@ class SFTObjective:
         return loss, {"tokens": float(batch.num_tokens if items else 0)}
 
 
-def train(config: TrainConfig, resume: bool = False) -> Path:
-    """Run SFT; returns the final model directory (`OUT_DIR/final`)."""
-    return Trainer(config, SFTObjective, resume).run()
+def train(config: TrainConfig, resume: bool = False, allow_config_change: bool = False) -> Path:
+    """Run SFT; returns the final model directory (`OUT_DIR/final`). `allow_config_change`: resume although
+    the config differs from the checkpoint's (train/resume.py)."""
+    return Trainer(config, SFTObjective, resume, allow_config_change).run()

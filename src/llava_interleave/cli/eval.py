@@ -1,21 +1,23 @@
-"""`eval` and `score`: the bench commands behind the CLI."""
+"""`eval` and `score`: answer a bench and score it, or score a predictions file that already exists."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .assets import MODEL_HELP, bundled_model
-from .eval.scoring import PROTOCOLS, format_scores, score_file
+from ..assets import bundled_model
+from ..eval.scoring import PROTOCOLS, format_scores, score_file
+from . import options
 
 
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("eval", help="answer a LLaVA-Interleave-style bench, score it and write a report",
                        description="Greedy answers appended to OUT/predictions.jsonl (a rerun resumes); "
                                    "OUT/report.md, report.json and scores.png at the end. Runs sharded under torchrun.")
-    p.add_argument("--model", default=None, help=MODEL_HELP)
+    options.add_loading(p, device_help="cpu, cuda, cuda:1 ... (under torchrun: one GPU per rank)")
     p.add_argument("--bench", required=True, help="bench JSON/JSONL or parquet file, or a folder of the original JSON files or parquet configs")
     p.add_argument("--split", default=None, choices=["in_domain", "out_domain", "multi_view"],
                    help="which file / parquet config of a bench folder (default in_domain)")
@@ -25,17 +27,29 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="only the first N samples (after --datasets)")
     p.add_argument("--datasets", default=None, help="comma-separated dataset names to keep")
-    p.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the model's, 16)")
-    p.add_argument("--video-pooling", default=None, choices=["none", "average", "bilinear"], help="2x2 pooling of frames")
-    p.add_argument("--template", default="qwen_1_5", choices=["qwen_1_5", "hf"])
+    options.add_frames(p, "frames sampled per video (default: the model's, 16)")
     p.add_argument("--image-root", default=None, help="folder of the bench images (default: the JSON's folder)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (under torchrun: one GPU per rank)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
 
     p = sub.add_parser("score", help="score a predictions file (ours or the original evaluation's output)")
     p.add_argument("predictions", help="predictions.jsonl")
     p.add_argument("--protocol", default="paper", choices=PROTOCOLS, help="paper (authors' scorer, x100) or harness (0..1)")
     p.add_argument("--json", action="store_true", help='print {"protocol", "datasets", "categories", "splits", ...}')
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from ..eval.runner import EvalSettings, run_eval
+
+    datasets = tuple(d.strip() for d in (args.datasets or "").split(",") if d.strip())
+    model = str(args.model or bundled_model())
+    settings = EvalSettings(model=model, bench=args.bench, out_dir=Path(args.out), split=args.split,
+                            protocol=args.protocol, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                            limit=args.limit, datasets=datasets, frames=args.frames, video_pooling=args.video_pooling,
+                            template=args.template, image_root=args.image_root, device=args.device, dtype=args.dtype)
+    result = run_eval(settings)
+    if result.scores is not None:
+        print(format_scores(result.scores))
+        print(f"predictions: {result.predictions}\nreport: {result.report}")
+    return 0
 
 
 def score(args: argparse.Namespace) -> int:
@@ -44,16 +58,4 @@ def score(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
-    from .eval.runner import EvalSettings, run_eval
-
-    datasets = tuple(d.strip() for d in (args.datasets or "").split(",") if d.strip())
-    model = str(args.model or bundled_model())
-    settings = EvalSettings(model, args.bench, Path(args.out), args.split, args.protocol, args.max_new_tokens,
-                            args.batch_size, args.limit, datasets, args.frames, args.video_pooling, args.template,
-                            args.image_root, args.device, args.dtype)
-    result = run_eval(settings)
-    if result.scores is not None:
-        print(format_scores(result.scores))
-        print(f"predictions: {result.predictions}\nreport: {result.report}")
-    return 0
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"eval": evaluate, "score": score}

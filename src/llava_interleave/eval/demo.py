@@ -1,4 +1,4 @@
-"""`llava-interleave demo`: a model (the bundled one by default) on one example of each scenario.
+"""A model on one example of each scenario, each answer printed next to the true one (`llava-interleave demo`).
 
 The examples are the held-out synthetic items shipped in `assets/demo` (drawn with a seed no training run
 used), so each answer can be shown next to the true one: several images, a video, the views of a 3D
@@ -8,14 +8,13 @@ scene and one large image cut into patches.
 from __future__ import annotations
 
 import re
-import sys
-from typing import Any, TextIO
+from typing import TextIO
 
-from .api import Pipeline
-from .assets import DEMO_BENCH
-from .data.drawn import LETTERS
-from .eval.bench import BenchItem, read_bench
-from .eval.runner import answer_items
+from ..api import Pipeline
+from ..assets import DEMO_BENCH
+from ..data.drawn import LETTERS
+from .bench import BenchItem, read_bench
+from .runner import answer_items
 
 OPTION = re.compile(r"^\([A-H]\) .+$", re.MULTILINE)  # an option line of a multi-choice question
 
@@ -48,10 +47,3 @@ def run_demo(pipe: Pipeline, out: TextIO, max_new_tokens: int = 32) -> int:
                   f"  truth: {_with_option(item, prediction.answer)}{'  (same)' if same else ''}\n\n")
     out.write(f"{matched} of {len(items)} answers equal the truth\n")
     return matched
-
-
-def demo(args: Any, out: TextIO | None = None) -> int:
-    from .commands import load_for
-
-    run_demo(load_for(args), out or sys.stdout, args.max_new_tokens)
-    return 0

@@ -1,4 +1,5 @@
-"""One answer's tokens turned into text pieces that are safe to send, with stop strings cut out.
+"""One answer's tokens turned into text pieces that are safe to show, with stop strings cut out; the Python
+API's `stream_chat` and the server's streams share it.
 
 A piece is held back while it ends in an incomplete UTF-8 character ("\\ufffd" once decoded) or in a
 prefix of a stop string, because what follows may complete it; sent text is never taken back.

@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from .config import InterleaveConfig, ProcessorConfig, TextConfig, VisionConfig
-from .data.tokenizer import train_tokenizer
-from .model.checkpoint import save_checkpoint
-from .model.layouts import ORIGINAL_IMAGE_TOKEN
-from .model.llava import LlavaInterleave
+from ..config import InterleaveConfig, ProcessorConfig, TextConfig, VisionConfig
+from ..data.tokenizer import train_tokenizer
+from ..model.checkpoint import save_checkpoint
+from ..model.layouts import ORIGINAL_IMAGE_TOKEN
+from ..model.llava import LlavaInterleave
 
 CORPUS = [
     "You are a helpful assistant. What is in the image? Describe the video. How many views show a chair?",
@@ -64,7 +64,7 @@ def make_checkpoint(out: str | Path, config: InterleaveConfig, tokenizer: PreTra
 
 
 def main() -> None:
-    """`python -m llava_interleave.testing OUT`: write a tiny random original-layout checkpoint to OUT."""
+    """`python -m llava_interleave.assets.tiny OUT`: write a tiny random original-layout checkpoint to OUT."""
     import sys
 
     tokenizer = make_tokenizer()

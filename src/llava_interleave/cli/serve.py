@@ -1,0 +1,96 @@
+"""`serve`: an OpenAI-compatible HTTP API and a chat page over one model.
+
+The web stack (uvicorn, the app) is imported only when the command runs, so the rest of the CLI starts
+no slower for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..serve.settings import ANY_HOST, LOOPBACK_HOSTS, Limits, ServeSettings
+from . import options
+
+KEY_ENV = "LLAVA_INTERLEAVE_API_KEY"
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API and a chat page at /",
+                       description="Serve one model over an OpenAI-compatible API (POST /v1/chat/completions).")
+    options.add_loading(p, video_pooling=False)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=options.whole_number(0, 65535), default=8000, help="TCP port (0: any free one)")
+    p.add_argument("--api-key", default=None, help=f"require Authorization: Bearer KEY (default: ${KEY_ENV} if set)")
+    p.add_argument("--allow-remote-urls", action="store_true", help="let requests name http(s) image/video URLs")
+    p.add_argument("--file-root", default=None, help="let requests name local files, only under this folder")
+    p.add_argument("--max-batch", type=int, default=4, help="requests generated together in one batch")
+    p.add_argument("--queue-size", type=int, default=64, help="waiting requests before new ones get 429")
+    p.add_argument("--max-decoding", type=int, default=2, help="requests decoding images/videos at once (others wait)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds per request, every stage included: reading, decoding, queueing, generating (then 504)")
+    p.add_argument("--allowed-hosts", nargs="+", default=None, metavar="HOST",
+                   help="names the Host and Origin headers may carry, * for any (default: loopback names when "
+                        "--host is loopback, else any)")
+    defaults = Limits()
+    p.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / 2**20, help="request body limit")
+    p.add_argument("--max-images", type=int, default=defaults.max_images, help="images and videos per request")
+    p.add_argument("--max-frames", type=int, default=defaults.max_frames, help="frames per video")
+    p.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels,
+                   help="width x height per image or video frame")
+    p.add_argument("--max-request-pixels", type=int, default=defaults.max_request_pixels,
+                   help="pixels of all images and video frames of one request together")
+    p.add_argument("--max-video-frames", type=int, default=defaults.max_video_frames,
+                   help="frames a video file may hold (all are decoded to sample from them)")
+    p.add_argument("--default-max-tokens", type=int, default=defaults.default_max_tokens,
+                   help="answer length when a request sets no max_tokens")
+
+
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_images=args.max_images,
+                    max_frames=args.max_frames, max_image_pixels=args.max_image_pixels,
+                    max_request_pixels=args.max_request_pixels, max_video_frames=args.max_video_frames,
+                    default_max_tokens=args.default_max_tokens)
+    return ServeSettings(
+        model_name=(Path(args.model).name or str(args.model)) if args.model else "llava-interleave-nano",
+        api_key=args.api_key or os.environ.get(KEY_ENV) or None,
+        allow_remote_urls=args.allow_remote_urls,
+        file_root=Path(args.file_root) if args.file_root else None,
+        max_batch=args.max_batch, queue_size=args.queue_size, max_decoding=args.max_decoding, timeout_s=args.timeout,
+        allowed_hosts=_allowed_hosts(args), limits=limits,
+    )
+
+
+def _allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """As given; else the loopback names (and the bound one) on loopback, where cross-site use is the risk."""
+    if args.allowed_hosts:
+        return tuple(args.allowed_hosts)
+    return tuple(dict.fromkeys((*LOOPBACK_HOSTS, args.host))) if _is_loopback(args.host) else (ANY_HOST,)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..serve.app import create_app
+
+    settings = settings_from_args(args)
+    if settings.api_key is None and not _is_loopback(args.host):
+        print(f"warning: serving on {args.host} with no API key: anyone who can reach it can use it", file=sys.stderr)
+    pipe = options.load_pipeline(args)
+    uvicorn.run(create_app(pipe, settings), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {"serve": serve}
