@@ -253,6 +253,21 @@ def test_bad_argument_is_one_line_and_non_zero(capsys, original_checkpoint, brok
     assert message in err and err.count("\n") == 1 and "Traceback" not in err and PACKAGE_DIR not in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--bench", "b.json", "--out", "o", "--frames", "2000"], "argument --frames: must be a whole number in 1..1024"),
+    (["eval", "--bench", "b.json", "--out", "o", "--device", "bogus"], "unknown device 'bogus'"),
+    (["serve", "--device", "bogus"], "unknown device 'bogus'"),
+    (["serve", "--port", "70000"], "argument --port: must be a whole number in 0..65535"),
+    (["serve", "--timeout", "nan"], "argument --timeout: must be a number > 0"),
+    (["chat", "--device", "cuda:99"], "device 'cuda:99'"),
+])
+def test_other_commands_check_their_arguments_as_parsed(capsys, argv, message):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and message in err and err.count("\n") == 1
+
+
 def test_settings_are_checked_before_the_model_is_loaded(capsys):
     code, _, err = _generate(capsys, "--model", "/nonexistent/model", "--prompt", "x", "--max-new-tokens", "0")
     assert code == 1 and "max_new_tokens" in err and "/nonexistent/model" not in err

@@ -44,7 +44,7 @@ def test_sample_indices():
     assert sample_indices(3, 16) == [0, 1, 2]
     assert sample_indices(0, 16) == []
     for bad in (0, -3):
-        with pytest.raises(ValueError, match="num_frames"):
+        with pytest.raises(MediaError, match="frames to sample"):
             sample_indices(10, bad)
 
 
@@ -76,9 +76,9 @@ def test_sampling_by_rate(clip):
 
 
 def test_bad_arguments(clip):
-    with pytest.raises(ValueError, match="fps"):
+    with pytest.raises(MediaError, match="fps"):
         load_video(clip, 8, fps=0)
-    with pytest.raises(ValueError, match="num_frames"):
+    with pytest.raises(MediaError, match="frames to sample"):
         load_video(clip, 0)
 
 

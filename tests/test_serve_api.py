@@ -16,6 +16,7 @@ import zlib
 import httpx
 import openai
 import pytest
+import torch
 from PIL import Image
 
 from llava_interleave.api import load
@@ -105,7 +106,15 @@ def test_multi_image_and_slots(client, pipe):
     answer = ask(client, [{"role": "user", "content": content}], max_tokens=10).choices[0].message.content
     assert answer == alone(pipe, user("What differs between <image> and <image>?", left, right), 10)
     swapped = [content[0], image_part(right), image_part(left)]
-    assert ask(client, [{"role": "user", "content": swapped}], max_tokens=10).choices[0].message.content != answer
+    answer = ask(client, [{"role": "user", "content": swapped}], max_tokens=10).choices[0].message.content
+    assert answer == alone(pipe, user("What differs between <image> and <image>?", right, left), 10)
+    # the order reaches the model (a tiny random model may still answer both the same way)
+    logits = []
+    for order in ((left, right), (right, left)):
+        encoded = pipe.prepare(pipe.sample(user("What differs between <image> and <image>?", *order)))
+        with torch.no_grad():
+            logits.append(pipe.model(torch.tensor([encoded.input_ids]), encoded.visuals).logits[0, -1])
+    assert not torch.allclose(logits[0], logits[1])
 
 
 def test_video_as_frames_and_as_a_file(client, pipe, tmp_path):

@@ -22,10 +22,13 @@ import httpx
 import pytest
 
 from llava_interleave.api import load
+from llava_interleave.data.conversation import Media
 from llava_interleave.engine import SamplingConfig
 from llava_interleave.errors import InterleaveError
 from llava_interleave.serve import media
 from llava_interleave.serve.app import create_app
+from llava_interleave.serve.errors import ApiError
+from llava_interleave.serve.protocol import parse_json
 from llava_interleave.serve.settings import ANY_HOST, LOOPBACK_HOSTS, Limits, ServeSettings
 
 from .conftest import random_image, write_clip
@@ -157,6 +160,16 @@ def test_every_probe_gets_its_answer_and_the_connection_keeps_working(served, pr
     assert health["status"] == "ok"
 
 
+def test_json_nesting_is_measured_outside_strings():
+    deep = "[" * 70 + "]" * 70
+    assert parse_json(json.dumps({"a": deep, "b": '\\"' + deep, "c": "\\", "d": [[1]]}).encode())["a"] == deep
+    assert parse_json(("[" * 64 + "]" * 64).encode())  # 64 levels are allowed
+    for body in ("[" * 65 + "]" * 65, '["\\\\", ' + "[" * 65, "[" * 100_000):
+        with pytest.raises(ApiError) as refused:
+            parse_json(body.encode())
+        assert refused.value.code == "json_too_deep", body[:20]
+
+
 def test_errors_name_the_field_at_fault(served):
     conn = connect(served[0])
     cases = [
@@ -247,6 +260,12 @@ def test_file_root_refuses_what_is_not_a_regular_file(pipe, tmp_path):
             got, answer, _ = exchange(conn, {**GOOD, "messages": user({"type": "image_url", "image_url": name}, text("hi"))})
             assert (got, (answer.get("error") or {}).get("code", "")) == (status, code), (name, answer)
             assert str(root) not in json.dumps(answer) and time.monotonic() - started < 5, name
+        clip = write_clip(root / "clip.mp4", frames=12)
+        for kind, part in (("fifo", {"url": "fifo.png"}), ("clip", {"url": "clip.mp4", "frames": 4})):
+            got, answer, _ = exchange(conn, {**GOOD, "messages": user({"type": "video_url", "video_url": part}, text("hi"))})
+            assert got == (200 if kind == "clip" else 400), answer
+        assert answer["choices"][0]["message"]["content"] == alone(pipe, user(Media(kind="video", source=clip, frames=4),
+                                                                              "hi"), 3)
 
 
 def test_a_row_that_breaks_the_model_fails_alone(pipe, monkeypatch):

@@ -71,14 +71,21 @@ def _part(part: Any) -> Part:
     raise PromptError(f"cannot use a {type(part).__name__} as message content")
 
 
+DEFAULT_CACHE_MB = 1024
+
+
 class Pipeline:
+    """`cache_mb` bounds the engine's vision and prefix caches (model/caches.py); 0 turns them off, as does
+    `pipe.engine.set_cache(0)` later. Pipelines made by `with_processor` share the engine and its caches."""
+
     def __init__(
-        self, model: LlavaInterleave, tokenizer: Any, template: str = "qwen_1_5", config: InterleaveConfig | None = None
+        self, model: LlavaInterleave, tokenizer: Any, template: str = "qwen_1_5", config: InterleaveConfig | None = None,
+        cache_mb: float = DEFAULT_CACHE_MB, engine: Engine | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.processor = Processor(tokenizer, config or model.config, get_template(template))
-        self.engine = Engine(model)
+        self.engine = engine if engine is not None else Engine(model, cache_mb)
         self.stop_ids = tuple({model.config.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)} - {None})
 
     @property
@@ -90,7 +97,8 @@ class Pipeline:
         """The same weights with processor settings changed, e.g. video_pooling="average" or num_frames=8.
 
         The model is shared and left as it is: each visual carries the settings it was prepared with."""
-        return Pipeline(self.model, self.tokenizer, self.processor.template.name, self.config.with_overrides(**overrides))
+        return Pipeline(self.model, self.tokenizer, self.processor.template.name, self.config.with_overrides(**overrides),
+                        engine=self.engine)
 
     # ------------------------------------------------------------------ building samples
     def sample(self, messages: Sequence[MessageLike], *, num_frames: int | None = None, multi_view: bool = False,
@@ -168,7 +176,9 @@ def load(
     template: str = "qwen_1_5",
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    cache_mb: float = DEFAULT_CACHE_MB,
 ) -> Pipeline:
-    """Load a checkpoint directory (either layout) or a hub id, ready to chat."""
+    """Load a checkpoint directory (either layout) or a hub id, ready to chat; `cache_mb=0` turns the
+    vision and prefix caches off (same answers, slower repeated prompts)."""
     net, tokenizer = load_model(model, device, dtype)
-    return Pipeline(net, tokenizer, template)
+    return Pipeline(net, tokenizer, template, cache_mb=cache_mb)

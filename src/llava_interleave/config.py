@@ -126,6 +126,8 @@ class InterleaveConfig:
     image_token_id: int = 151646
     eos_token_id: int = 151645
     pad_token_id: int = 151643
+    # generation_config.json's eos_token_id: more ids that end an answer ([151645, 151643] in the original releases)
+    stop_token_ids: tuple[int, ...] = ()
     max_length: int = 32768
     layout: Literal["hf", "original"] = "original"
 

@@ -63,6 +63,11 @@ class MissingExtraError(InterleaveError):
     reason = "missing package"
 
 
+def one_line(err: BaseException) -> str:
+    """A library's message squeezed to one line (some span several), so the CLI's error stays one line."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def import_extra(module: str, feature: str, extra: str) -> ModuleType:
     """Import an optional dependency where its feature is used, so the core install never needs it.
 

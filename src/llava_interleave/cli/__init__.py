@@ -22,7 +22,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a process that the reader's leaving ended
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE (13): the status a shell shows for a writer whose reader left
 
 
 class Parser(argparse.ArgumentParser):

@@ -21,12 +21,12 @@ from ..model.checkpoint import DTYPES
 from ..model.device import resolve_device
 
 DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: cuda when available)"
-# Frames sampled from one video. Each costs hundreds of visual tokens (729 for the released models), so
-# more than this cannot fit any context; asking for 100000 is a typo, refused before a frame is decoded.
+# Frames sampled from one video: far above any real use (at 729 tokens a frame, the released models' 32k
+# context holds 44), so that a typo like 100000 is refused before a frame is decoded.
 MAX_FRAMES = 1024
 
 
-def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+def whole_number(low: int, high: int) -> Callable[[str], int]:
     """An argparse type for a whole number in low..high, so a value out of range is refused as it is
     parsed (one line, exit 2) instead of failing later inside the library."""
 
@@ -35,9 +35,8 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
             value: int | None = int(text)
         except ValueError:
             value = None
-        if value is None or value < low or (high is not None and value > high):
-            span = f"in {low}..{high}" if high is not None else f">= {low}"
-            raise argparse.ArgumentTypeError(f"must be a whole number {span}, got {text!r}")
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number in {low}..{high}, got {text!r}")
         return value
 
     return parse

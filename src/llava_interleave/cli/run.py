@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from ..api import Pipeline
 from ..data.conversation import Media, MediaKind
 from ..data.media import load_image, load_video
-from ..errors import InterleaveError, PromptError
+from ..errors import InterleaveError, PromptError, one_line
 from ..eval.demo import run_demo
 from . import options
 
@@ -43,10 +43,10 @@ def _model_and_sampling(p: argparse.ArgumentParser) -> None:
     options.add_sampling(p)
 
 
-def generate(args: argparse.Namespace, out: TextIO | None = None, stdin: TextIO | None = None) -> int:
+def generate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Answer one question; the settings and the prompt are read before the model, so their errors come at once."""
     out = out or sys.stdout
-    sampling, prompt = options.sampling(args), read_prompt(args, stdin or sys.stdin)
+    sampling, prompt = options.sampling(args), read_prompt(args, sys.stdin)
     pipe = options.load_pipeline(args)
     frames = args.frames or pipe.config.processor.num_frames
     content: list[Any] = [{"type": "image", "image": p} for p in args.image]
@@ -69,14 +69,13 @@ def generate(args: argparse.Namespace, out: TextIO | None = None, stdin: TextIO 
 def read_prompt(args: argparse.Namespace, stdin: TextIO) -> str:
     """The question of --prompt or --prompt-file, where `-` (for either) means stdin: a file or a pipe holds a
     prompt of any length, while one command-line argument stops near 128 kB. Trailing newlines are dropped."""
-    source = args.prompt_file if args.prompt is None else "-" if args.prompt == "-" else None
-    if source is None:
+    if args.prompt is not None and args.prompt != "-":
         return args.prompt
+    source = args.prompt_file or "-"
     try:
         text = stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        where = "stdin" if source == "-" else source
-        raise PromptError(f"cannot read the prompt from {where}: {' '.join(str(err).split())}") from err
+        raise PromptError(f"cannot read the prompt from {'stdin' if source == '-' else source}: {one_line(err)}") from err
     return text.rstrip("\r\n")
 
 

@@ -32,13 +32,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--max-batch", type=int, default=4, help="requests generated together in one batch")
     p.add_argument("--queue-size", type=int, default=64, help="waiting requests before new ones get 429")
     p.add_argument("--max-decoding", type=int, default=2, help="requests decoding images/videos at once (others wait)")
-    p.add_argument("--timeout", type=float, default=120.0,
+    p.add_argument("--timeout", type=options.positive_number, default=120.0,
                    help="seconds per request, every stage included: reading, decoding, queueing, generating (then 504)")
     p.add_argument("--allowed-hosts", nargs="+", default=None, metavar="HOST",
                    help="names the Host and Origin headers may carry, * for any (default: loopback names when "
                         "--host is loopback, else any)")
     defaults = Limits()
-    p.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / 2**20, help="request body limit")
+    p.add_argument("--max-body-mb", type=options.positive_number, default=defaults.max_body_bytes / 2**20, help="request body limit")
     p.add_argument("--max-images", type=int, default=defaults.max_images, help="images and videos per request")
     p.add_argument("--max-frames", type=int, default=defaults.max_frames, help="frames per video")
     p.add_argument("--max-image-pixels", type=int, default=defaults.max_image_pixels,

@@ -43,7 +43,7 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     """An RGB image, fully decoded now so that a truncated file fails here and not inside the model."""
     if isinstance(source, Image.Image):
         check_pixels(source.size, "image")
-        return source.convert("RGB")
+        return source if source.mode == "RGB" else source.convert("RGB")  # no copy of a big RGB picture
     path = Path(source)
     if not path.is_file():
         raise MediaError(f"image not found: {path}" if not path.exists() else f"not an image file: {path}",
@@ -54,7 +54,7 @@ def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
             with Image.open(path) as image:
                 check_pixels(image.size, str(path))
                 image.load()
-                return image.convert("RGB")
+                return image if image.mode == "RGB" else image.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise MediaError(f"image too large (decompression bomb guard): {path}: {_cause(err)}", reason=IMAGE_TOO_LARGE) from err
     except (OSError, ValueError, SyntaxError, EOFError) as err:
@@ -71,7 +71,7 @@ def sample_indices(total: int, num_frames: int) -> list[int]:
     """`num_frames` indices spread evenly over `total` frames, first and last included; all frames when
     there are not more, so a short video never crashes."""
     if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        raise MediaError(f"the number of frames to sample must be at least 1, got {num_frames}")
     if total <= num_frames:
         return list(range(total))
     return np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
@@ -83,9 +83,9 @@ def load_video(path: str | os.PathLike, num_frames: int = 16, fps: float | None 
     With `fps`, frames are first picked one every 1/fps seconds by timestamp (fps is ignored for folders).
     """
     if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+        raise MediaError(f"the number of frames to sample must be at least 1, got {num_frames}")
     if fps is not None and fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
+        raise MediaError(f"fps must be a number > 0, got {fps}")
     path = Path(path)
     if path.is_dir():
         return _load_frame_folder(path, num_frames)

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from ..config import InterleaveConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, one_line
 from . import layouts
 from .device import resolve_device
 from .llava import LlavaInterleave
@@ -64,7 +64,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {path}: {_one_line(err)}") from err
+        raise CheckpointError(f"cannot read {path}: {one_line(err)}") from err
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object, not a {type(data).__name__}")
     return data
@@ -80,7 +80,7 @@ def read_config(path: Path) -> InterleaveConfig:
             return layouts.config_from_original(raw)
         return layouts.config_from_hf(raw, _hf_image_processor(path))
     except (ValueError, TypeError, StrictDataclassError) as err:  # the last: transformers' checks of its config
-        raise CheckpointError(f"{path / 'config.json'}: {_one_line(err)}") from err
+        raise CheckpointError(f"{path / 'config.json'}: {one_line(err)}") from err
 
 
 def _hf_image_processor(path: Path) -> dict[str, Any]:
@@ -102,7 +102,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             with safe_open(path / name, framework="pt") as f:
                 state.update({key: f.get_tensor(key) for key in f.keys()})
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"cannot read weights {path / name} (truncated or corrupt?): {_one_line(err)}") from err
+            raise CheckpointError(f"cannot read weights {path / name} (truncated or corrupt?): {one_line(err)}") from err
     return state
 
 
@@ -115,11 +115,6 @@ def _weight_files(path: Path) -> list[str]:
     if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
         raise CheckpointError(f"{index} has no weight_map from tensor names to file names")
     return sorted(set(weight_map.values()))
-
-
-def _one_line(err: BaseException) -> str:
-    """A library's message squeezed to one line, so the CLI's error stays a single line."""
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:

@@ -37,10 +37,14 @@ class Dist:
         return self.rank == 0
 
     def all_sum(self, value: torch.Tensor) -> torch.Tensor:
-        """Sum over processes (a copy; the input is left alone)."""
+        """Sum over processes (a copy on the input's device; the input is left alone). NCCL reduces CUDA
+        tensors only, so a CPU tensor makes the trip through the current GPU there."""
         value = value.detach().clone()
         if self.world > 1:
-            dist.all_reduce(value)
+            nccl = dist.get_backend() == "nccl"
+            moved = value.cuda() if nccl else value
+            dist.all_reduce(moved)
+            value = moved.to(value.device)
         return value
 
     def gather(self, value: Any) -> list[Any]:
