@@ -13,6 +13,9 @@ from llava_interleave.assets.tiny import make_checkpoint, make_tokenizer, tiny_c
 from llava_interleave.config import ProcessorConfig
 
 HEAVY_TIERS = ("slow", "subprocess", "browser", "gpu")
+# The released 0.5B checkpoints' published configuration files (sources in the folder's README)
+RELEASED_HF = Path(__file__).parent / "fixtures" / "released" / "llava-hf__llava-interleave-qwen-0.5b-hf"
+RELEASED_ORIGINAL = Path(__file__).parent / "fixtures" / "released" / "lmms-lab__llava-next-interleave-qwen-0.5b"
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so `-m fast` sees the marker

@@ -36,3 +36,9 @@ def test_train_packing_runs():
 def test_serve_load_runs():
     out = _run("benchmarks/serve_load.py", "--requests", "6", "--seconds", "20", "--max-tokens", "3", "--concurrency", "1", "3")
     assert "| clients |" in out and "| 3, --max-batch 1 |" in out and "--max-batch 4 vs 1:" in out
+
+
+def test_chat_prefix_cache_runs():
+    out = _run("benchmarks/chat_prefix_cache.py", "--small", "--repeats", "1")
+    assert "| cache on |" in out and "turn 3 with the cache / turn 1 without:" in out
+    assert "same first tokens with and without the cache: True" in out

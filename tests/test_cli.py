@@ -21,7 +21,8 @@ import llava_interleave
 from llava_interleave.assets.tiny import make_checkpoint, tiny_config
 from llava_interleave.cli import COMMANDS, build_parser, main
 from llava_interleave.cli.run import chat
-from llava_interleave.config import VideoPooling
+from llava_interleave.cli import options
+from llava_interleave.config import ImageAspect, MultiAspect, VideoPooling
 from llava_interleave.data.templates import TEMPLATES
 from llava_interleave.engine import SamplingConfig
 from llava_interleave.model.checkpoint import DTYPES
@@ -69,8 +70,9 @@ def test_help_lists_every_command(capsys, group, names):
 
 
 def test_choices_come_from_the_code():
-    """--template, --dtype and --video-pooling offer the same choices wherever they appear."""
-    expected = {"template": list(TEMPLATES), "dtype": list(DTYPES), "video_pooling": list(get_args(VideoPooling))}
+    """--template, --dtype, --video-pooling and the aspect rules offer the same choices wherever they appear."""
+    expected = {"template": list(TEMPLATES), "dtype": list(DTYPES), "video_pooling": list(get_args(VideoPooling)),
+                "image_aspect": list(get_args(ImageAspect)), "multi_aspect": list(get_args(MultiAspect))}
     seen = set()
     for words, parser in _parsers(build_parser()).items():
         for action in parser._actions:
@@ -78,6 +80,14 @@ def test_choices_come_from_the_code():
                 assert list(action.choices) == expected[action.dest], (words, action.dest)
                 seen.add(action.dest)
     assert seen == set(expected)
+
+
+@pytest.mark.parametrize("flags, aspects", [([], ("anyres", "pad")), (["--multi-aspect", "squash"], ("anyres", "squash")),
+                                            (["--image-aspect", "pad"], ("pad", "pad"))])
+def test_aspect_options_override_the_checkpoint(original_checkpoint, flags, aspects):
+    args = build_parser().parse_args(["generate", "--model", str(original_checkpoint), "--prompt", "x", *flags])
+    proc = options.load_pipeline(args).config.processor
+    assert (proc.image_aspect, proc.multi_aspect) == aspects
 
 
 def test_package_root_holds_only_the_core_modules():

@@ -13,6 +13,8 @@ from llava_interleave.errors import CheckpointError
 from llava_interleave.model import layouts
 from llava_interleave.model.checkpoint import load_model, read_config
 
+from .conftest import RELEASED_HF, RELEASED_ORIGINAL
+
 IDS = torch.tensor([[5, 6, 7, 8, 9]])
 
 
@@ -91,3 +93,62 @@ def test_missing_weights_file(original_checkpoint, tmp_path):
     (other / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no weights file"):
         load_model(other, "cpu")
+
+
+@pytest.mark.parametrize("value, stops", [(7, (7,)), ([7, 5], (7, 5)), (None, ())])
+def test_generation_config_stop_ids_are_one_id_or_a_list(original_checkpoint, tmp_path, value, stops):
+    other = tmp_path / "generation"
+    shutil.copytree(original_checkpoint, other)
+    (other / "generation_config.json").write_text(json.dumps({"eos_token_id": value}))
+    assert read_config(other).stop_token_ids == stops
+    from llava_interleave import load
+
+    assert set(stops) <= set(load(other, device="cpu").stop_ids)
+
+
+def test_a_bad_generation_config_is_named(original_checkpoint, tmp_path):
+    other = tmp_path / "bad_generation"
+    shutil.copytree(original_checkpoint, other)
+    (other / "generation_config.json").write_text(json.dumps({"eos_token_id": ["end"]}))
+    with pytest.raises(CheckpointError, match="generation_config.json: eos_token_id must be a token id"):
+        read_config(other)
+
+
+def test_saved_checkpoints_write_their_stop_ids(original_checkpoint, tokenizer):
+    written = json.loads((original_checkpoint / "generation_config.json").read_text())
+    assert written == {"eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"), "pad_token_id": tokenizer.pad_token_id}
+
+
+def test_written_configs_agree_with_the_published_ones():
+    """A released model's config read and written again: every key the published file has, we write the same,
+    without our own keys (no `llava_interleave`, no `mm_vision_config` for the so400m tower)."""
+    hf = read_config(RELEASED_HF)
+    ours = {RELEASED_ORIGINAL: layouts.config_to_original(read_config(RELEASED_ORIGINAL)),
+            RELEASED_HF: layouts.config_to_hf(hf, hf.image_token_id)}
+    for folder, written in ours.items():
+        published = json.loads((folder / "config.json").read_text())
+        assert layouts.EXTRA_KEY not in written and "mm_vision_config" not in written
+        for key in published.keys() & written.keys():
+            if isinstance(published[key], dict):
+                shared = published[key].keys() & written[key].keys()
+                assert {k: written[key][k] for k in shared} == {k: published[key][k] for k in shared}, key
+            else:
+                assert written[key] == published[key], key
+
+
+def test_the_original_layout_says_square_for_squash_and_keeps_only_what_it_cannot_say(original_flat_checkpoint, tmp_path):
+    """`image_aspect_ratio` takes the original code's values only: squash is "square" (its training default, which
+    its image processor squashes); settings no standard key can hold stay in `llava_interleave`."""
+    from llava_interleave.assets import bundled_model
+    from llava_interleave.cli import main
+
+    assert main(["convert", str(original_flat_checkpoint), str(tmp_path / "flat"), "--to", "original"]) == 0
+    written = json.loads((tmp_path / "flat" / "config.json").read_text())
+    assert written["image_aspect_ratio"] == "square" and layouts.EXTRA_KEY not in written
+    assert read_config(tmp_path / "flat").processor.image_aspect == "squash"
+    for layout, extra in (("original", {"video_pooling": "average", "num_frames": 8, "multi_aspect": "squash"}),
+                          ("hf", {"video_pooling": "average", "num_frames": 8})):
+        assert main(["convert", str(bundled_model()), str(tmp_path / layout), "--to", layout]) == 0
+        assert json.loads((tmp_path / layout / "config.json").read_text())[layouts.EXTRA_KEY] == extra
+        assert read_config(tmp_path / layout).processor.video_pooling == "average"
+    assert read_config(tmp_path / "original").processor.multi_aspect == "squash"

@@ -71,7 +71,7 @@ def test_greedy_tokens_match_transformers(transformers_checkpoint, image_files, 
     encoded = pipe.processor.encode(sample)
     assert encoded.input_ids == inputs["input_ids"][0].tolist()
     got = pipe.engine.generate([encoded], llava_interleave.engine.SamplingConfig(max_new_tokens=12))[0]
-    assert got == expected
+    assert len(got) == 12 and got == expected
 
 
 def test_forward_logits_match_transformers(transformers_checkpoint, image_files, reference):
@@ -109,3 +109,36 @@ def test_original_layout_same_weights_same_logits(transformers_checkpoint, image
         a = hf_pipe.model(torch.tensor([hf_in.input_ids]), hf_in.visuals).logits
         b = orig_pipe.model(torch.tensor([orig_in.input_ids]), orig_in.visuals).logits
     assert (a - b).abs().max().item() < 1e-5
+
+
+def test_converted_bf16_original_checkpoint_answers_the_same_in_transformers(tokenizer, image_files, tmp_path):
+    """`convert --to hf` of a bf16 original-layout checkpoint: still bf16, `<image>` one special token for
+    transformers' AutoProcessor, and LlavaForConditionalGeneration's greedy tokens (its own processor, its
+    generation_config) equal ours on the same files."""
+    import json
+
+    from llava_interleave.assets.tiny import make_checkpoint
+    from llava_interleave.cli import main
+
+    source = make_checkpoint(tmp_path / "orig", tiny_config(tokenizer, "original"), tokenizer, seed=5, dtype=torch.bfloat16)
+    assert main(["convert", str(source), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    out = tmp_path / "hf"
+    decoder = json.loads((out / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    image_id = json.loads((out / "config.json").read_text())["image_token_index"]
+    assert decoder[str(image_id)]["content"] == "<image>" and decoder[str(image_id)]["special"]
+    assert "llava_interleave" not in json.loads((out / "config.json").read_text())
+
+    processor = AutoProcessor.from_pretrained(out)
+    processor.image_processor = PilImageProcessor.from_pretrained(out)
+    assert processor.tokenizer.tokenize("a<image>b")[1] == "<image>" and processor.tokenizer.convert_tokens_to_ids("<image>") == image_id
+    model = LlavaForConditionalGeneration.from_pretrained(out, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+    assert model.dtype == torch.bfloat16
+    images = [Image.open(p).convert("RGB") for p in image_files[:2]]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "What is in the image?"}]}]
+    inputs = processor(images=images, text=processor.apply_chat_template(messages, add_generation_prompt=True), return_tensors="pt")
+    expected = model.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+
+    pipe = llava_interleave.load(out, template="hf", device="cpu", dtype=torch.bfloat16)
+    got = pipe.generate_samples([pipe.sample([{"role": "user", "content": [*images, "What is in the image?"]}])],
+                                llava_interleave.engine.SamplingConfig(max_new_tokens=12))[0].token_ids
+    assert len(got) == 12 and got == expected

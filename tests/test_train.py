@@ -78,6 +78,7 @@ def test_yaml_and_overrides(tmp_path):
         (["dtype=float64"], "dtype must be one of float32, bfloat16, float16, got 'float64'"),
         (["model.processor={image_aspect: wide}"],
          "model.processor.image_aspect must be one of squash, pad, anyres, got 'wide'"),
+        (["model.processor={multi_aspect: wide}"], "model.processor.multi_aspect must be one of pad, squash, got 'wide'"),
         (["model.processor={nope: 1}"], "unknown key model.processor.nope"),
         (["model.checkpoint=x"], "exactly one of model.checkpoint"),
         (["nokey"], "not KEY=VALUE"),
@@ -86,6 +87,15 @@ def test_yaml_and_overrides(tmp_path):
 def test_config_errors_say_what_is_wrong(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["model.preset=tiny", "data.path=x.json", *overrides])
+
+
+def test_a_training_config_sets_the_aspect_rules(tokenizer):
+    """model.processor takes image_aspect and multi_aspect, so training and inference make images square alike."""
+    from llava_interleave.train.presets import preset_config
+
+    cfg = load_config(None, ["model.preset=tiny", "data.path=x.json", "model.processor={multi_aspect: squash}"])
+    proc = preset_config("tiny", tokenizer, cfg.model.processor).processor
+    assert (proc.image_aspect, proc.multi_aspect) == ("anyres", "squash")
 
 
 def test_a_bad_choice_in_yaml_names_the_key_the_value_and_the_choices(tmp_path):

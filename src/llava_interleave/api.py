@@ -27,7 +27,7 @@ from .data.templates import IM_END, get_template
 from .data.text_stream import TextStream
 from .engine import Engine, SamplingConfig
 from .errors import ContextLengthError, PromptError
-from .model.checkpoint import load_model
+from .model.checkpoint import load_model, stop_ids
 from .model.llava import LlavaInterleave
 
 MessageLike = Message | Mapping[str, Any]
@@ -86,7 +86,9 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.processor = Processor(tokenizer, config or model.config, get_template(template))
         self.engine = engine if engine is not None else Engine(model, cache_mb)
-        self.stop_ids = tuple({model.config.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)} - {None})
+        # What the checkpoint says ends an answer (its generation_config.json included), and the chat format's turn end.
+        ends = (*stop_ids(model.config, tokenizer), tokenizer.convert_tokens_to_ids(IM_END))
+        self.stop_ids = tuple(dict.fromkeys(i for i in ends if isinstance(i, int)))
 
     @property
     def config(self) -> InterleaveConfig:

@@ -21,9 +21,9 @@ import torch
 from transformers.cache_utils import Cache
 
 from .data.batch import Encoded
-from .errors import SamplingError
-from .errors import PromptError
+from .errors import PromptError, SamplingError
 from .model.caches import PrefixCache, PromptKey, VisionCache, fingerprint, visual_key
+from .model.inputs import VisualInput
 from .model.kv_cache import preallocated_cache
 from .model.llava import LlavaInterleave
 from .model.merge import merge_visual_tokens
@@ -149,32 +149,23 @@ class Engine:
             return 0
         rows = [(row, off, entry) for row, (off, (_, entry)) in enumerate(zip(offsets, hits)) if off < start]
         for index, layer in enumerate(cache.layers):
-            layer.update(*(self._columns(rows, len(prompt_keys), start, [getattr(e, part)[index] for _, _, e in rows])
-                           for part in ("keys", "values")))
+            layer.preload(len(prompt_keys), start, [(row, off, e.keys[index], e.values[index]) for row, off, e in rows])
         return start
-
-    @staticmethod
-    def _columns(rows: list, batch: int, start: int, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """(batch, heads, start, dim): each row's cached prefix placed after its left padding (zeros)."""
-        heads, _, dim = tensors[0].shape
-        out = tensors[0].new_zeros(batch, heads, start, dim)
-        for (row, off, _), tensor in zip(rows, tensors):
-            out[row, :, off:start] = tensor[:, : start - off]
-        return out
 
     def _visual_tokens(self, prompts: Sequence[Encoded], visual_keys: list[list[tuple]], ids: torch.Tensor,
                        start: int) -> torch.Tensor | None:
         """The tokens of the image slots in columns >= start, row-major; None when there are none."""
-        chosen, keys, trims = [], [], []
+        wanted: list[tuple[VisualInput, tuple, int]] = []  # (visual, key, leading tokens already cached)
         for row, (prompt, row_keys) in enumerate(zip(prompts, visual_keys)):
             skip = int((ids[row, :start] == self.model.config.image_token_id).sum()) if start else 0
             offset = 0
             for visual, key in zip(prompt.visuals, row_keys):
                 if offset + visual.num_tokens > skip:
-                    chosen.append(visual), keys.append(key), trims.append(max(skip - offset, 0))
+                    wanted.append((visual, key, max(skip - offset, 0)))
                 offset += visual.num_tokens
-        if not chosen:
+        if not wanted:
             return None
+        chosen, keys, trims = (list(column) for column in zip(*wanted))
         if self.vision_cache is not None:
             tokens = self.vision_cache.tokens(self.model, chosen, keys)
         else:

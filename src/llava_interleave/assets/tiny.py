@@ -53,14 +53,16 @@ def tiny_config(
     )
 
 
-def make_checkpoint(out: str | Path, config: InterleaveConfig, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Path:
-    """Write a randomly initialised model (newline included when the layout uses it) to `out`."""
+def make_checkpoint(out: str | Path, config: InterleaveConfig, tokenizer: PreTrainedTokenizerFast, seed: int = 0,
+                    dtype: torch.dtype = torch.float32) -> Path:
+    """Write a randomly initialised model (newline included when the layout uses it) to `out`, stored in
+    `dtype` (the releases store bf16)."""
     torch.manual_seed(seed)
     net = LlavaInterleave(config)
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0.0, 0.2)
-    return save_checkpoint(net, tokenizer, out, config.layout)
+    return save_checkpoint(net.to(dtype), tokenizer, out, config.layout)
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ def evaluate(args: argparse.Namespace) -> int:
     settings = EvalSettings(model=model, bench=args.bench, out_dir=Path(args.out), split=args.split,
                             protocol=args.protocol, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             limit=args.limit, datasets=datasets, frames=args.frames, video_pooling=args.video_pooling,
+                            image_aspect=args.image_aspect, multi_aspect=args.multi_aspect,
                             template=args.template, image_root=args.image_root, device=args.device, dtype=args.dtype)
     result = run_eval(settings)
     if result.scores is not None:

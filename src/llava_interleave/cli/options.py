@@ -13,7 +13,7 @@ from typing import get_args
 
 from ..api import Pipeline, load
 from ..assets import MODEL_HELP, bundled_model
-from ..config import VideoPooling
+from ..config import ImageAspect, MultiAspect, VideoPooling
 from ..data.templates import TEMPLATES
 from ..engine import SamplingConfig
 from ..errors import DeviceError
@@ -78,11 +78,18 @@ def add_dtype(p: argparse.ArgumentParser, text: str = "default: float32 on CPU, 
 
 
 def add_loading(p: argparse.ArgumentParser, device_help: str = DEVICE_HELP, video_pooling: bool = True) -> None:
-    """--model, --template, --device, --dtype and (unless told not to) --video-pooling: what `load_pipeline` reads."""
+    """--model, --template, --device, --dtype, the aspect rules and (unless told not to) --video-pooling: what
+    `load_pipeline` reads."""
     add_model(p)
     add_template(p)
     p.add_argument("--device", type=device_name, default=None, help=device_help)
     add_dtype(p)
+    p.add_argument("--image-aspect", default=None, choices=get_args(ImageAspect),
+                   help="how images are made square: squash, pad (mean colour) or anyres (a lone image cut into "
+                        "crops); default: the checkpoint's")
+    p.add_argument("--multi-aspect", default=None, choices=get_args(MultiAspect),
+                   help="with anyres, how the images not cut into crops (several images, frames, views) are made "
+                        "square; default: the checkpoint's (pad for the released models)")
     if video_pooling:
         p.add_argument("--video-pooling", default=None, choices=get_args(VideoPooling), help="2x2 pooling of frames")
 
@@ -102,8 +109,14 @@ def add_sampling(p: argparse.ArgumentParser) -> None:
 def load_pipeline(args: argparse.Namespace) -> Pipeline:
     """The pipeline the options of `add_loading` ask for; without --model, the bundled model."""
     pipe = load(args.model or bundled_model(), args.template, args.device, DTYPES[args.dtype] if args.dtype else None)
-    pooling = getattr(args, "video_pooling", None)
-    return pipe.with_processor(video_pooling=pooling) if pooling else pipe
+    overrides = processor_overrides(args)
+    return pipe.with_processor(**overrides) if overrides else pipe
+
+
+def processor_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The processor settings of `add_loading` that were given: those the checkpoint's config is overridden with."""
+    names = ("image_aspect", "multi_aspect", "video_pooling")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def sampling(args: argparse.Namespace) -> SamplingConfig:

@@ -32,6 +32,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--max-batch", type=int, default=4, help="requests generated together in one batch")
     p.add_argument("--queue-size", type=int, default=64, help="waiting requests before new ones get 429")
     p.add_argument("--max-decoding", type=int, default=2, help="requests decoding images/videos at once (others wait)")
+    p.add_argument("--cache-mb", type=options.whole_number(0, 2**20), default=1024,
+                   help="MiB for the vision and prefix caches (repeated images and chat histories); 0 turns them off")
     p.add_argument("--timeout", type=options.positive_number, default=120.0,
                    help="seconds per request, every stage included: reading, decoding, queueing, generating (then 504)")
     p.add_argument("--allowed-hosts", nargs="+", default=None, metavar="HOST",
@@ -82,6 +84,7 @@ def serve(args: argparse.Namespace) -> int:
     if settings.api_key is None and not _is_loopback(args.host):
         print(f"warning: serving on {args.host} with no API key: anyone who can reach it can use it", file=sys.stderr)
     pipe = options.load_pipeline(args)
+    pipe.engine.set_cache(args.cache_mb)
     uvicorn.run(create_app(pipe, settings), host=args.host, port=args.port, log_level="info")
     return 0
 

@@ -52,6 +52,8 @@ class EvalSettings:
     datasets: tuple[str, ...] = ()
     frames: int | None = None  # None: the model's processor default (16)
     video_pooling: str | None = None
+    image_aspect: str | None = None  # None: the checkpoint's
+    multi_aspect: str | None = None
     template: str = "qwen_1_5"
     image_root: str | None = None
     device: str | None = None
@@ -143,22 +145,24 @@ def _predictions(item: BenchItem, answers: list[str], error: str | None) -> list
 
 
 def load_pipeline(settings: EvalSettings, shard: Shard, pipe: Pipeline | None = None) -> Pipeline:
-    """The model (loaded unless given) with the run's frame count and pooling; under torchrun each rank
-    takes its own GPU."""
+    """The model (loaded unless given) with the run's frame count, pooling and aspect rules; under torchrun
+    each rank takes its own GPU."""
     if pipe is None:
         device = settings.device
         if device is None and shard.world > 1 and torch.cuda.is_available():
             device = f"cuda:{shard.rank % torch.cuda.device_count()}"
         pipe = load(settings.model, settings.template, device, DTYPES[settings.dtype] if settings.dtype else None)
-    overrides = {"num_frames": settings.frames, "video_pooling": settings.video_pooling}
+    overrides = {"num_frames": settings.frames, "video_pooling": settings.video_pooling,
+                 "image_aspect": settings.image_aspect, "multi_aspect": settings.multi_aspect}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return pipe.with_processor(**overrides) if overrides else pipe
 
 
 def run_info(settings: EvalSettings, pipe: Pipeline, items: int, world: int) -> RunInfo:
     proc = pipe.config.processor
+    aspect = f"{proc.image_aspect}+{proc.multi_aspect}" if proc.uses_anyres else proc.image_aspect  # as the images are made square
     return RunInfo(bench=settings.bench, model=settings.model, template=pipe.processor.template.name,
-                   layout=f"{pipe.config.layout} ({proc.patch_merge}, {proc.image_aspect})", frames=proc.num_frames,
+                   layout=f"{pipe.config.layout} ({proc.patch_merge}, {aspect})", frames=proc.num_frames,
                    video_pooling=proc.video_pooling, max_new_tokens=settings.new_tokens, protocol=settings.protocol,
                    split=settings.split or "", items=items, batch_size=settings.batch_size, processes=world)
 

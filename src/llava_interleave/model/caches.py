@@ -46,10 +46,11 @@ def _nbytes(*tensors: torch.Tensor) -> int:
 
 
 class _LRU:
-    """Entries by key, least recently used first, evicted beyond `max_bytes`."""
+    """Entries by key, least recently used first, evicted beyond `max_bytes` or `max_entries`."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_entries: int = 1 << 20) -> None:
         self.max_bytes = max_bytes
+        self.max_entries = max_entries
         self.entries: OrderedDict = OrderedDict()
         self.sizes: dict = {}
         self.bytes = 0
@@ -73,7 +74,7 @@ class _LRU:
         self._drop(key)
         self.entries[key], self.sizes[key] = value, size
         self.bytes += size
-        while self.bytes > self.max_bytes:
+        while self.bytes > self.max_bytes or len(self.entries) > self.max_entries:
             self._drop(next(iter(self.entries)))
 
     def _drop(self, key: object) -> None:
@@ -129,6 +130,11 @@ class PrefixEntry:
 
 
 class PrefixCache(_LRU):
+    """Whole prompts' keys and values; at most `max_entries` (256), as every lookup compares with each."""
+
+    def __init__(self, max_bytes: int, max_entries: int = 256) -> None:
+        super().__init__(max_bytes, max_entries)
+
     def lookup(self, key: PromptKey, owner: tuple) -> tuple[int, PrefixEntry | None]:
         """The longest usable cached prefix (at most all but the last token, which must be computed)."""
         self.check_owner(owner)

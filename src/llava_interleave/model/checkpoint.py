@@ -1,16 +1,19 @@
 """Read and write checkpoint directories in either layout; fetch a hub id when there is a network.
 
 A directory fully describes a model: config.json (names the layout), safetensors weights (one file or
-an index of shards), the tokenizer, and the image processor settings.
+an index of shards), the tokenizer, the image processor settings, and generation_config.json (stop ids).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -29,7 +32,10 @@ from .llava import LlavaInterleave
 # parser offers the same.
 DType = Literal["float32", "bfloat16", "float16"]
 DTYPES: dict[DType, torch.dtype] = {name: getattr(torch, name) for name in get_args(DType)}
+STORED_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}  # safetensors' names
 IMAGE_TOKEN = "<image>"
+GENERATION_CONFIG = "generation_config.json"
+T = TypeVar("T")
 # The -hf checkpoints' chat format: per message, its images first, then "\n" + each text part.
 HUB_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
@@ -77,10 +83,31 @@ def read_config(path: Path) -> InterleaveConfig:
     layout = layouts.detect_layout(raw)
     try:
         if layout == "original":
-            return layouts.config_from_original(raw)
-        return layouts.config_from_hf(raw, _hf_image_processor(path))
+            config = layouts.config_from_original(raw)
+        else:
+            config = layouts.config_from_hf(raw, _hf_image_processor(path))
     except (ValueError, TypeError, StrictDataclassError) as err:  # the last: transformers' checks of its config
         raise CheckpointError(f"{path / 'config.json'}: {one_line(err)}") from err
+    return replace(config, stop_token_ids=_generation_stop_ids(path))
+
+
+def _generation_stop_ids(path: Path) -> tuple[int, ...]:
+    """generation_config.json's eos_token_id, one id or a list: the original releases stop on
+    [151645, 151643] (<|im_end|>, <|endoftext|>), which config.json's single eos_token_id cannot say."""
+    file = path / GENERATION_CONFIG
+    if not file.is_file():
+        return ()
+    value = _read_json(file).get("eos_token_id")
+    ids = value if isinstance(value, list) else [] if value is None else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise CheckpointError(f"{file}: eos_token_id must be a token id or a list of them, got {value!r}")
+    return tuple(ids)
+
+
+def stop_ids(config: InterleaveConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """The ids the checkpoint says end an answer: config.json's eos, generation_config.json's, the tokenizer's eos."""
+    candidates = (config.eos_token_id, *config.stop_token_ids, tokenizer.eos_token_id)
+    return tuple(dict.fromkeys(i for i in candidates if isinstance(i, int)))
 
 
 def _hf_image_processor(path: Path) -> dict[str, Any]:
@@ -92,18 +119,49 @@ def _hf_image_processor(path: Path) -> dict[str, Any]:
     return {}
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint; a truncated or corrupt file is a `CheckpointError` naming it."""
-    state: dict[str, torch.Tensor] = {}
+def read_weights(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint, its floating ones cast to `dtype` one by one as they are read: a bf16
+    file read as fp32 never holds its bf16 copy and its fp32 copy at once (None: as stored)."""
+
+    def read(f: Any) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for key in f.keys():
+            tensor = f.get_tensor(key)
+            tensors[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        return tensors
+
+    return {key: tensor for part in _each_weight_file(path, read) for key, tensor in part.items()}
+
+
+def stored_dtype(model: str | os.PathLike) -> torch.dtype:
+    """The floating dtype holding most of a checkpoint's weights (bf16 for the releases), read from the file
+    headers without loading a tensor, so `convert` can keep it."""
+
+    def count(f: Any) -> Counter[torch.dtype]:
+        sizes: Counter[torch.dtype] = Counter()
+        for key in f.keys():
+            tensor = f.get_slice(key)
+            if tensor.get_dtype() in STORED_DTYPES:
+                sizes[STORED_DTYPES[tensor.get_dtype()]] += math.prod(tensor.get_shape())
+        return sizes
+
+    total = sum(_each_weight_file(resolve(model), count), Counter())
+    return total.most_common(1)[0][0] if total else torch.float32
+
+
+def _each_weight_file(path: Path, read: Callable[[Any], T]) -> list[T]:
+    """`read` applied to each opened safetensors file; a missing, truncated or corrupt file is a
+    `CheckpointError` naming it."""
+    results = []
     for name in _weight_files(path):
         if not (path / name).is_file():
             raise CheckpointError(f"{path} has no weights file {name} (only safetensors are read)")
         try:
             with safe_open(path / name, framework="pt") as f:
-                state.update({key: f.get_tensor(key) for key in f.keys()})
+                results.append(read(f))
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"cannot read weights {path / name} (truncated or corrupt?): {one_line(err)}") from err
-    return state
+    return results
 
 
 def _weight_files(path: Path) -> list[str]:
@@ -131,12 +189,15 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 def load_model(
     model: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> tuple[LlavaInterleave, PreTrainedTokenizerBase]:
-    """Build the model from a checkpoint of either layout. fp32 on CPU and bf16 on CUDA unless `dtype` is given."""
+    """Build the model from a checkpoint of either layout, in `dtype` (default: fp32 on CPU, bf16 on CUDA).
+
+    The model is built on the meta device and given the file's tensors, each cast to `dtype` as it is read:
+    no weight exists in another dtype beside the model (a bf16 0.5B loaded as bf16 takes ~1.7 GB, not 3.5)."""
     device = resolve_device(device)
     path = resolve(model)
     config = read_config(path)
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    state = layouts.to_internal(read_weights(path), config.layout, config.vision.num_layers)
+    dtype = dtype or default_dtype(device)
+    state = layouts.to_internal(read_weights(path, dtype), config.layout, config.vision.num_layers)
     if "lm_head.weight" not in state and not config.text.tie_word_embeddings:
         config = replace(config, text=replace(config.text, tie_word_embeddings=True))  # as saved by tied models
     with torch.device("meta"):
@@ -145,11 +206,19 @@ def load_model(
     net.load_state_dict(state, strict=False, assign=True)
     if config.text.tie_word_embeddings:
         net.lm_head.weight = net.language_model.embed_tokens.weight
+    # Rotary frequencies stay fp32 whatever the weights' dtype, as transformers keeps them: bf16 ones would
+    # shift every position's angle.
     net.language_model.rotary_emb = type(net.language_model.rotary_emb)(net.language_model.config)
     net.vision_tower.embeddings.position_ids = torch.arange(config.vision.tokens_per_image).unsqueeze(0)
     left = [name for name, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
     assert not left, f"tensors left unmaterialised: {left[:3]}"
-    return net.to(device=device, dtype=dtype).eval(), load_tokenizer(path)
+    return net.to(device=device).eval(), load_tokenizer(path)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA; fp32 on CPU, where bf16 measured slower on CPUs without native bf16 instructions (see
+    benchmarks/cpu_dtype.py and the README's Speed section)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def _check_weights(net: LlavaInterleave, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -171,7 +240,7 @@ def _check_weights(net: LlavaInterleave, state: dict[str, torch.Tensor], path: P
 def save_checkpoint(
     net: LlavaInterleave, tokenizer: PreTrainedTokenizerBase, out: str | os.PathLike, layout: str | None = None
 ) -> Path:
-    """Write `net` in `layout` ("hf" or "original"; default: the one it was loaded from).
+    """Write `net` in `layout` ("hf" or "original"; default: the one it was loaded from), in its own dtype.
 
     hf has no image_newline and no anyres; writing it drops both (the caller is told by `convert`).
     """
@@ -194,9 +263,29 @@ def save_checkpoint(
     else:
         config_json = layouts.config_to_original(config)
     save_file(layouts.from_internal(state, layout, config), out / "model.safetensors", metadata={"format": "pt"})
-    _write_json(out / "config.json", config_json)
-    tokenizer.save_pretrained(out)
+    _write_json(out / "config.json", {**config_json, "torch_dtype": str(net.dtype).removeprefix("torch.")})
+    _write_json(out / GENERATION_CONFIG, _generation_json(config, tokenizer))
+    _save_tokenizer(tokenizer, out)
     return out
+
+
+def _generation_json(config: InterleaveConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """The stop ids (one id, as the -hf releases write it, or a list, as the original ones do) and the pad id.
+    No sampling settings: a loader then decodes greedily, as we do."""
+    ids = stop_ids(config, tokenizer)
+    return {"eos_token_id": ids[0] if len(ids) == 1 else list(ids), "pad_token_id": config.pad_token_id}
+
+
+def _save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """The tokenizer, its added tokens also listed in tokenizer_config.json's `added_tokens_decoder` with their
+    special flags, as the published files list them: transformers 5 keeps them only in tokenizer.json, where
+    loaders before it (those the serving engines pin) also look here to learn that `<image>` is special."""
+    tokenizer.save_pretrained(out)
+    path = out / "tokenizer_config.json"
+    added = {str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
+                      "single_word": t.single_word, "special": t.special}
+             for i, t in sorted(tokenizer.added_tokens_decoder.items())}
+    _write_json(path, {**_read_json(path), "added_tokens_decoder": added})
 
 
 def _with_image_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

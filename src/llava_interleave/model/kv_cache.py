@@ -17,6 +17,26 @@ class PreallocatedLayer(DynamicLayer):
         self.capacity = capacity
         self.filled = 0
 
+    def preload(self, batch: int, start: int, rows: list[tuple[int, int, torch.Tensor, torch.Tensor]]) -> None:
+        """Fill columns [0, start) from cached prefixes: for each (row, offset, keys, values) of (heads, n, dim),
+        keys[:, :start - offset] go to columns [offset, start); every other column before `start` is left
+        padding, zeroed (masked, but must be finite)."""
+        first_keys, first_values = rows[0][2], rows[0][3]
+        self.lazy_initialization(first_keys[None], first_values[None])
+        heads, _, dim = first_keys.shape
+        self.key_buffer = first_keys.new_empty(batch, heads, self.capacity, dim)
+        self.value_buffer = first_values.new_empty(batch, heads, self.capacity, first_values.shape[-1])
+        offsets = dict.fromkeys(range(batch), start)
+        for row, offset, keys, values in rows:
+            offsets[row] = offset
+            self.key_buffer[row, :, offset:start] = keys[:, : start - offset]
+            self.value_buffer[row, :, offset:start] = values[:, : start - offset]
+        for row, offset in offsets.items():
+            self.key_buffer[row, :, :offset].zero_()
+            self.value_buffer[row, :, :offset].zero_()
+        self.filled = start
+        self.keys, self.values = self.key_buffer[:, :, :start], self.value_buffer[:, :, :start]
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)

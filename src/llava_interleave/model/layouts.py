@@ -24,6 +24,10 @@ from ..errors import CheckpointError
 StateDict = dict[str, torch.Tensor]
 ORIGINAL_IMAGE_TOKEN = -200  # the original code's IMAGE_TOKEN_INDEX: never a real vocabulary id
 EXTRA_KEY = "llava_interleave"  # our settings that neither layout has a key for (video pooling, frames)
+# The original code's image_aspect_ratio for squashing: its training default; any value but anyres, pad, highres
+# and crop_split goes straight to the image processor, which squashes. (An absent key is no option: its
+# `process_images` then fails on `"anyres_max" in None`.)
+ORIGINAL_SQUASH = "square"
 
 _HF_READ = [
     (r"^model\.(vision_tower|multi_modal_projector|language_model)\.", r"\1."),
@@ -91,9 +95,9 @@ def from_internal(state: StateDict, layout: str, config: InterleaveConfig) -> St
     """Internal weights -> the layout's names. hf gets an identity post-layernorm so loaders find one."""
     if layout == "hf":
         out = {_rename(k, _HF_WRITE): v for k, v in state.items() if k != "image_newline"}
-        width = config.vision.hidden_size
-        out["vision_tower.vision_model.post_layernorm.weight"] = torch.ones(width)
-        out["vision_tower.vision_model.post_layernorm.bias"] = torch.zeros(width)
+        width, dtype = config.vision.hidden_size, state["vision_tower.embeddings.patch_embedding.weight"].dtype
+        out["vision_tower.vision_model.post_layernorm.weight"] = torch.ones(width, dtype=dtype)
+        out["vision_tower.vision_model.post_layernorm.bias"] = torch.zeros(width, dtype=dtype)
         return out
     return {_rename(k, _ORIGINAL_WRITE): v for k, v in state.items()}
 
@@ -248,8 +252,14 @@ def _vision_json(v: VisionConfig, total_layers: int) -> dict[str, Any]:
     }
 
 
-def _extra_json(p: ProcessorConfig) -> dict[str, Any]:
-    return {"video_pooling": p.video_pooling, "num_frames": p.num_frames, "multi_aspect": p.multi_aspect}
+def _extra_json(p: ProcessorConfig, cuts: bool) -> dict[str, Any]:
+    """Our settings that the layout's own keys cannot say, only those that differ from the defaults (so a
+    released model converted comes out without the key): video pooling, frames, and, where the layout cuts
+    a lone image into crops, how the images it does not cut are made square."""
+    names = ["video_pooling", "num_frames", *(["multi_aspect"] if cuts else [])]
+    default = ProcessorConfig()
+    extra = {name: getattr(p, name) for name in names if getattr(p, name) != getattr(default, name)}
+    return {EXTRA_KEY: extra} if extra else {}
 
 
 def config_to_hf(c: InterleaveConfig, image_token_id: int) -> dict[str, Any]:
@@ -267,13 +277,21 @@ def config_to_hf(c: InterleaveConfig, image_token_id: int) -> dict[str, Any]:
         "pad_token_id": c.pad_token_id,
         "text_config": text,
         "vision_config": _vision_json(c.vision, c.vision.num_layers),
-        EXTRA_KEY: _extra_json(c.processor),
+        **_extra_json(c.processor, cuts=False),
     }
+
+
+def _mm_vision_config(c: InterleaveConfig) -> dict[str, Any]:
+    """The tower's config, written only for a tower other than so400m with mean = std = 0.5: the releases
+    carry none (their tower is named by mm_vision_tower), and readers take so400m when it is absent."""
+    p = c.processor
+    vision = {**_vision_json(c.vision, c.vision.num_layers + 1), "image_mean": list(p.image_mean), "image_std": list(p.image_std)}
+    released = {**SO400M, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    return {} if all(vision[k] == v for k, v in released.items()) else {"mm_vision_config": vision}
 
 
 def config_to_original(c: InterleaveConfig) -> dict[str, Any]:
     p = c.processor
-    vision = {**_vision_json(c.vision, c.vision.num_layers + 1), "image_mean": p.image_mean, "image_std": p.image_std}
     return {
         "architectures": ["LlavaQwenForCausalLM"],
         "model_type": "llava_qwen",
@@ -283,12 +301,12 @@ def config_to_original(c: InterleaveConfig) -> dict[str, Any]:
         "mm_vision_tower": "google/siglip-so400m-patch14-384",
         "mm_projector_type": "mlp2x_gelu",
         "mm_hidden_size": c.vision.hidden_size,
-        "mm_vision_select_layer": -1,
-        "image_aspect_ratio": p.image_aspect,
+        "mm_vision_select_layer": -2,  # as the releases write it; the SigLIP tower drops its last layer itself
+        "image_aspect_ratio": ORIGINAL_SQUASH if p.image_aspect == "squash" else p.image_aspect,
         "mm_patch_merge_type": p.patch_merge,
         "image_grid_pinpoints": [list(x) for x in p.grid_pinpoints],
         "tokenizer_model_max_length": c.max_length,
         "tokenizer_padding_side": "right",
-        "mm_vision_config": vision,
-        EXTRA_KEY: _extra_json(p),
+        **_mm_vision_config(c),
+        **_extra_json(p, cuts=p.uses_anyres),
     }

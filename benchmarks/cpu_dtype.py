@@ -1,0 +1,148 @@
+"""fp32 vs bf16 on CPU: answer speed, and the memory of loading a bf16 checkpoint in either dtype.
+
+A random original-layout checkpoint (the released structure and vision geometry: anyres, newline, 729
+tokens per 384-px image; smaller widths, set below) is written in bf16, as the releases are stored. Then:
+  * time to first token (raw PIL images -> first token: preprocessing, tower, prefill) and decode tokens/s
+    of one greedy answer of exactly --new-tokens tokens about --images images, with the model loaded as
+    fp32 and as bf16 in this process; runs alternate after a warm-up round, medians of --repeats;
+  * peak RSS growth of loading the bf16 checkpoint as bf16 and as fp32, each in a fresh child process
+    (ru_maxrss after the load minus the RSS before it), next to the size of the weights file.
+The ratios say whether bf16 pays on this CPU: it is fast where the CPU has bf16 instructions (AVX512-BF16,
+AMX) and emulated, hence slower, where it has not; the CPU flags are printed with the numbers.
+
+    python benchmarks/cpu_dtype.py [--images 2] [--new-tokens 16] [--repeats 3] [--hidden 512] [--layers 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+QUESTION = "What is different between the images?"
+
+
+def build_checkpoint(out: Path, hidden: int, layers: int) -> Path:
+    from llava_interleave.assets.tiny import make_checkpoint, make_tokenizer, tiny_config
+    from llava_interleave.config import ProcessorConfig, TextConfig, VisionConfig
+
+    tokenizer = make_tokenizer()
+    vision = VisionConfig(image_size=384, patch_size=14, hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4)
+    text = TextConfig(vocab_size=len(tokenizer) + 8, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
+                      num_layers=layers, num_heads=hidden // 64, num_kv_heads=hidden // 64, max_position_embeddings=32768)
+    config = tiny_config(tokenizer, "original", ProcessorConfig(), vision=vision, text=text)
+    return make_checkpoint(out, config, tokenizer, dtype=torch.bfloat16)
+
+
+def images(count: int) -> list[Image.Image]:
+    """Non-square pictures: several are padded to square (730 tokens each), a lone one is cut by anyres."""
+    out = []
+    for i in range(count):
+        image = Image.new("RGB", (320 + 40 * i, 240), (230, 230, 220))
+        ImageDraw.Draw(image).ellipse((20 + 30 * i, 80, 100 + 30 * i, 160), fill=(200, 40, 40))
+        out.append(image)
+    return out
+
+
+def answer(pipe, pictures: list[Image.Image], new_tokens: int) -> tuple[float, float]:
+    """(seconds to the first token, decode tokens/s) of one greedy answer with no stop token."""
+    from llava_interleave.engine import SamplingConfig
+
+    start = time.perf_counter()
+    encoded = pipe.processor.encode(pipe.sample([{"role": "user", "content": [*pictures, QUESTION]}]))
+    first = start
+    for count, _ in enumerate(pipe.engine.stream([encoded], SamplingConfig(max_new_tokens=new_tokens)), 1):
+        if count == 1:
+            first = time.perf_counter()
+    return first - start, (new_tokens - 1) / (time.perf_counter() - first)
+
+
+def load_memory(checkpoint: str, dtype: str) -> float:
+    """Child process: peak RSS growth (MiB) of loading `checkpoint` in `dtype`."""
+    import llava_interleave.model.checkpoint as checkpoint_module  # imports done before the baseline
+
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    checkpoint_module.load_model(checkpoint, "cpu", DTYPES[dtype])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+
+
+def cpu_flags() -> str:
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    return ", ".join(flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in flags) or "none listed"
+
+
+def timings(checkpoint: Path, args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
+    import llava_interleave
+
+    # No vision or prefix cache: every run computes its whole prompt.
+    pipes = {name: llava_interleave.load(checkpoint, device="cpu", dtype=dtype, cache_mb=0) for name, dtype in DTYPES.items()}
+    pictures = images(args.images)
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in pipes}
+    for repeat in range(args.repeats + 1):  # round 0 warms up
+        for name, pipe in pipes.items():
+            result = answer(pipe, pictures, args.new_tokens)
+            if repeat:
+                runs[name].append(result)
+    return runs
+
+
+def report(runs: dict[str, list[tuple[float, float]]], memory: dict[str, float], file_mib: float,
+           params: int, args: argparse.Namespace) -> None:
+    ttft = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
+    decode = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
+    print(f"{params / 1e6:.0f}M parameters, {args.images} images, {args.new_tokens} new tokens (greedy), "
+          f"{torch.get_num_threads()} threads, CPU flags: {cpu_flags()}; median of {args.repeats} alternated runs")
+    print(f"time to first token of each run: {({k: [round(r[0], 3) for r in v] for k, v in runs.items()})}; "
+          f"load average {os.getloadavg()[0]:.1f}\n")
+    print("| CPU | float32 | bfloat16 | ratio |\n|---|---|---|---|")
+    print(f"| time to first token (s) | {ttft['float32']:.3f} | {ttft['bfloat16']:.3f} | "
+          f"bf16 takes {ttft['bfloat16'] / ttft['float32']:.2f}x the time |")
+    print(f"| decode (tokens/s) | {decode['float32']:.1f} | {decode['bfloat16']:.1f} | "
+          f"{decode['bfloat16'] / decode['float32']:.2f}x |")
+    print(f"| peak RSS growth of loading the bf16 checkpoint (MiB; weights file {file_mib:.0f} MiB) | "
+          f"{memory['float32']:.0f} | {memory['bfloat16']:.0f} | {memory['bfloat16'] / memory['float32']:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=512, help="LM width (a multiple of 64)")
+    parser.add_argument("--layers", type=int, default=8, help="LM layers")
+    parser.add_argument("--memory-of", nargs=2, metavar=("CHECKPOINT", "DTYPE"), help=argparse.SUPPRESS)  # child
+    args = parser.parse_args()
+    if args.memory_of:
+        print(json.dumps(load_memory(*args.memory_of)))
+        return
+    if args.new_tokens < 2 or args.hidden % 64:
+        parser.error("--new-tokens must be at least 2 and --hidden a multiple of 64")
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = build_checkpoint(Path(tmp) / "ckpt", args.hidden, args.layers)
+        file_mib = (checkpoint / "model.safetensors").stat().st_size / 2**20
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed blocks leave the RSS at once
+        memory = {dtype: json.loads(subprocess.run([sys.executable, __file__, "--memory-of", str(checkpoint), dtype],
+                                                   check=True, capture_output=True, text=True, env=env).stdout)
+                  for dtype in DTYPES}
+        runs = timings(checkpoint, args)
+        from llava_interleave.model.checkpoint import read_weights
+
+        params = sum(t.numel() for t in read_weights(checkpoint).values())
+    report(runs, memory, file_mib, params, args)
+
+
+if __name__ == "__main__":
+    main()
