@@ -5,12 +5,15 @@ tokens per 384-px image; smaller widths, set below) is written in bf16, as the r
   * time to first token (raw PIL images -> first token: preprocessing, tower, prefill) and decode tokens/s
     of one greedy answer of exactly --new-tokens tokens about --images images, with the model loaded as
     fp32 and as bf16 in this process; runs alternate after a warm-up round, medians of --repeats;
-  * peak RSS growth of loading the bf16 checkpoint as bf16 and as fp32, each in a fresh child process
-    (ru_maxrss after the load minus the RSS before it), next to the size of the weights file.
+  * peak RSS growth of loading a bf16 checkpoint as bf16 and as fp32, each in a fresh child process
+    (ru_maxrss after the load minus the RSS before it), next to the size of the weights file; this
+    checkpoint has the 0.5B's LM width and depth (--memory-hidden, --memory-layers), so the fixed costs
+    of a load (tokenizer, allocator) weigh little beside the weights.
 The ratios say whether bf16 pays on this CPU: it is fast where the CPU has bf16 instructions (AVX512-BF16,
 AMX) and emulated, hence slower, where it has not; the CPU flags are printed with the numbers.
 
-    python benchmarks/cpu_dtype.py [--images 2] [--new-tokens 16] [--repeats 3] [--hidden 512] [--layers 8]
+    python benchmarks/cpu_dtype.py [--images 2] [--new-tokens 16] [--repeats 3] [--hidden 512] [--layers 8] \
+        [--memory-hidden 1024] [--memory-layers 24]
 """
 
 from __future__ import annotations
@@ -29,14 +32,17 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+import llava_interleave
+from llava_interleave.assets.tiny import make_checkpoint, make_tokenizer, tiny_config
+from llava_interleave.config import ProcessorConfig, TextConfig, VisionConfig
+from llava_interleave.engine import SamplingConfig
+from llava_interleave.model.checkpoint import load_model, read_weights
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 QUESTION = "What is different between the images?"
 
 
 def build_checkpoint(out: Path, hidden: int, layers: int) -> Path:
-    from llava_interleave.assets.tiny import make_checkpoint, make_tokenizer, tiny_config
-    from llava_interleave.config import ProcessorConfig, TextConfig, VisionConfig
-
     tokenizer = make_tokenizer()
     vision = VisionConfig(image_size=384, patch_size=14, hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4)
     text = TextConfig(vocab_size=len(tokenizer) + 8, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
@@ -57,8 +63,6 @@ def images(count: int) -> list[Image.Image]:
 
 def answer(pipe, pictures: list[Image.Image], new_tokens: int) -> tuple[float, float]:
     """(seconds to the first token, decode tokens/s) of one greedy answer with no stop token."""
-    from llava_interleave.engine import SamplingConfig
-
     start = time.perf_counter()
     encoded = pipe.processor.encode(pipe.sample([{"role": "user", "content": [*pictures, QUESTION]}]))
     first = start
@@ -69,12 +73,10 @@ def answer(pipe, pictures: list[Image.Image], new_tokens: int) -> tuple[float, f
 
 
 def load_memory(checkpoint: str, dtype: str) -> float:
-    """Child process: peak RSS growth (MiB) of loading `checkpoint` in `dtype`."""
-    import llava_interleave.model.checkpoint as checkpoint_module  # imports done before the baseline
-
+    """Child process: peak RSS growth (MiB) of loading `checkpoint` in `dtype` (imports are done before)."""
     with open("/proc/self/statm") as f:
         before = int(f.read().split()[1]) * resource.getpagesize() / 2**20
-    checkpoint_module.load_model(checkpoint, "cpu", DTYPES[dtype])
+    load_model(checkpoint, "cpu", DTYPES[dtype])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
 
 
@@ -85,8 +87,6 @@ def cpu_flags() -> str:
 
 
 def timings(checkpoint: Path, args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
-    import llava_interleave
-
     # No vision or prefix cache: every run computes its whole prompt.
     pipes = {name: llava_interleave.load(checkpoint, device="cpu", dtype=dtype, cache_mb=0) for name, dtype in DTYPES.items()}
     pictures = images(args.images)
@@ -123,25 +123,30 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=512, help="LM width (a multiple of 64)")
     parser.add_argument("--layers", type=int, default=8, help="LM layers")
+    parser.add_argument("--memory-hidden", type=int, default=1024, help="LM width of the checkpoint whose loading is measured")
+    parser.add_argument("--memory-layers", type=int, default=24, help="its LM layers")
     parser.add_argument("--memory-of", nargs=2, metavar=("CHECKPOINT", "DTYPE"), help=argparse.SUPPRESS)  # child
     args = parser.parse_args()
     if args.memory_of:
         print(json.dumps(load_memory(*args.memory_of)))
         return
-    if args.new_tokens < 2 or args.hidden % 64:
-        parser.error("--new-tokens must be at least 2 and --hidden a multiple of 64")
+    if args.new_tokens < 2 or args.hidden % 64 or args.memory_hidden % 64:
+        parser.error("--new-tokens must be at least 2, --hidden and --memory-hidden multiples of 64")
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = build_checkpoint(Path(tmp) / "ckpt", args.hidden, args.layers)
+        checkpoint = build_checkpoint(Path(tmp) / "memory", args.memory_hidden, args.memory_layers)
         file_mib = (checkpoint / "model.safetensors").stat().st_size / 2**20
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed blocks leave the RSS at once
-        memory = {dtype: json.loads(subprocess.run([sys.executable, __file__, "--memory-of", str(checkpoint), dtype],
-                                                   check=True, capture_output=True, text=True, env=env).stdout)
-                  for dtype in DTYPES}
+        memory = {dtype: load_memory_in_child(checkpoint, dtype) for dtype in DTYPES}
+        checkpoint = build_checkpoint(Path(tmp) / "speed", args.hidden, args.layers)
         runs = timings(checkpoint, args)
-        from llava_interleave.model.checkpoint import read_weights
-
         params = sum(t.numel() for t in read_weights(checkpoint).values())
     report(runs, memory, file_mib, params, args)
+
+
+def load_memory_in_child(checkpoint: Path, dtype: str) -> float:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed blocks leave the RSS at once
+    child = subprocess.run([sys.executable, __file__, "--memory-of", str(checkpoint), dtype], check=True,
+                           capture_output=True, text=True, env=env)
+    return json.loads(child.stdout)
 
 
 if __name__ == "__main__":

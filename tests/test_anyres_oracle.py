@@ -15,7 +15,6 @@ import pytest
 import torch
 from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
-import llava_interleave
 from llava_interleave.api import Pipeline
 from llava_interleave.assets.tiny import tiny_config
 from llava_interleave.model import layouts

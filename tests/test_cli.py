@@ -19,9 +19,8 @@ from safetensors.torch import load_file
 
 import llava_interleave
 from llava_interleave.assets.tiny import make_checkpoint, tiny_config
-from llava_interleave.cli import COMMANDS, build_parser, main
+from llava_interleave.cli import COMMANDS, build_parser, main, options
 from llava_interleave.cli.run import chat
-from llava_interleave.cli import options
 from llava_interleave.config import ImageAspect, MultiAspect, VideoPooling
 from llava_interleave.data.templates import TEMPLATES
 from llava_interleave.engine import SamplingConfig

@@ -255,11 +255,10 @@ def test_file_root_refuses_what_is_not_a_regular_file(pipe, tmp_path):
              ("zero.png", 403, "path_outside_root"), ("x" * 5000, 400, "file_not_found"), ("ok.png", 200, "")]
     with running(create_app(pipe, ServeSettings("tiny", file_root=root, timeout_s=10))) as url:
         conn = connect(url)
-        for name, status, code in cases:
-            started = time.monotonic()
+        for name, status, code in cases:  # a FIFO that blocked would end in the connection's timeout instead
             got, answer, _ = exchange(conn, {**GOOD, "messages": user({"type": "image_url", "image_url": name}, text("hi"))})
             assert (got, (answer.get("error") or {}).get("code", "")) == (status, code), (name, answer)
-            assert str(root) not in json.dumps(answer) and time.monotonic() - started < 5, name
+            assert str(root) not in json.dumps(answer), name
         clip = write_clip(root / "clip.mp4", frames=12)
         for kind, part in (("fifo", {"url": "fifo.png"}), ("clip", {"url": "clip.mp4", "frames": 4})):
             got, answer, _ = exchange(conn, {**GOOD, "messages": user({"type": "video_url", "video_url": part}, text("hi"))})
@@ -317,28 +316,31 @@ def test_a_row_that_breaks_the_model_fails_alone(pipe, monkeypatch):
 def test_a_huge_prompt_delays_nobody(pipe, monkeypatch):
     """A 30 MB prompt is refused from its length; a slow tokenisation holds no lock a small request needs."""
     original = pipe.tokenizer.encode
+    tokenising, release = threading.Event(), threading.Event()
 
     def encode(text, *args, **kwargs):
-        if "SLOW" in text:
-            time.sleep(4)
+        if "SLOW" in text:  # held mid-tokenisation until the small request has its answer
+            tokenising.set()
+            release.wait(60)
         return original(text, *args, **kwargs)
 
     app = create_app(pipe, ServeSettings("tiny"))
     monkeypatch.setattr(pipe.tokenizer, "encode", encode)
     with running(app) as url, httpx.Client(base_url=url, timeout=60) as http:
-        started = time.monotonic()
+        # tokenised, 30 MB would take ~100 s and end in the client's timeout; refused from its length it does not
         huge = http.post("/v1/chat/completions", json={"messages": said("x" * 30_000_000)})
         assert huge.status_code == 400 and huge.json()["error"]["code"] == "context_length_exceeded"
-        assert time.monotonic() - started < 10
 
         slow: dict[str, int] = {}
         thread = threading.Thread(target=lambda: slow.update(status=http.post("/v1/chat/completions",
                                                                               json={"messages": said("SLOW"), "max_tokens": 2}).status_code))
         thread.start()
-        time.sleep(0.5)
-        started = time.monotonic()
-        assert http.post("/v1/chat/completions", json=GOOD).status_code == 200
-        assert time.monotonic() - started < 3 and thread.is_alive()
+        assert tokenising.wait(30), "the slow request never reached the tokenizer"
+        try:
+            assert http.post("/v1/chat/completions", json=GOOD).status_code == 200  # while the other still tokenises
+            assert thread.is_alive() and not slow
+        finally:
+            release.set()
         thread.join(30)
         assert slow == {"status": 200}
 
@@ -355,12 +357,10 @@ def test_timeout_covers_decoding_and_waiting_to_decode(pipe, monkeypatch):
     monkeypatch.setattr(media.MediaLoader, "_decode_image", slow_decode)
     images = {"messages": user(*[image_part(random_image(i)) for i in range(4)], text("hi")), "max_tokens": 2}
     with running(create_app(pipe, ServeSettings("tiny", timeout_s=1.0, max_decoding=1))) as url:
-        results: dict[str, tuple[int, float]] = {}
+        results: dict[str, int] = {}
 
         def post(key: str, body: dict) -> None:
-            started = time.monotonic()
-            status = httpx.post(url + "/v1/chat/completions", json=body, timeout=30).status_code
-            results[key] = (status, time.monotonic() - started)
+            results[key] = httpx.post(url + "/v1/chat/completions", json=body, timeout=30).status_code
 
         threads = [threading.Thread(target=post, args=(k, b)) for k, b in (("first", images), ("second", images))]
         for t in threads:
@@ -369,9 +369,7 @@ def test_timeout_covers_decoding_and_waiting_to_decode(pipe, monkeypatch):
         post("text", GOOD)
         for t in threads:
             t.join(30)
-    assert results["first"][0] == 504 and results["first"][1] < 2.0, results
-    assert results["second"][0] == 504 and results["second"][1] < 2.0, results
-    assert results["text"][0] == 200 and results["text"][1] < 1.0, results
+    assert results == {"first": 504, "second": 504, "text": 200}, results
 
 
 def test_tokenising_from_many_threads_at_once_gives_the_same_tokens(pipe):

@@ -41,8 +41,8 @@ def _notes(proc: ProcessorConfig, newline: bool, layout: str) -> list[str]:
             dropped.append(f"image_aspect_ratio {proc.image_aspect!r} (the hf layout always squashes to the tower size)")
         return [f"the hf layout has no place for {item}; it is dropped" for item in dropped]
     if proc.uses_anyres and proc.multi_aspect == "squash":
-        return ["multi_aspect 'squash' is kept in the 'llava_interleave' key only: the original evaluation code pads several "
-                "images to a square"]
+        return [("multi_aspect 'squash' is kept in the 'llava_interleave' key only: the original evaluation code pads "
+                 "several images to a square")]
     return []
 
 

@@ -124,13 +124,14 @@ def read_weights(path: Path, dtype: torch.dtype | None = None) -> dict[str, torc
     file read as fp32 never holds its bf16 copy and its fp32 copy at once (None: as stored)."""
 
     def read(f: Any) -> dict[str, torch.Tensor]:
-        tensors = {}
-        for key in f.keys():
-            tensor = f.get_tensor(key)
-            tensors[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
-        return tensors
+        return {key: _cast(f.get_tensor(key), dtype) for key in f.keys()}
 
     return {key: tensor for part in _each_weight_file(path, read) for key, tensor in part.items()}
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """A floating tensor in `dtype` (None: as it is); integer tensors (position ids) keep theirs."""
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
 def stored_dtype(model: str | os.PathLike) -> torch.dtype:
@@ -139,8 +140,7 @@ def stored_dtype(model: str | os.PathLike) -> torch.dtype:
 
     def count(f: Any) -> Counter[torch.dtype]:
         sizes: Counter[torch.dtype] = Counter()
-        for key in f.keys():
-            tensor = f.get_slice(key)
+        for tensor in [f.get_slice(key) for key in f.keys()]:
             if tensor.get_dtype() in STORED_DTYPES:
                 sizes[STORED_DTYPES[tensor.get_dtype()]] += math.prod(tensor.get_shape())
         return sizes
