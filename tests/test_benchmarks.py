@@ -42,3 +42,9 @@ def test_chat_prefix_cache_runs():
     out = _run("benchmarks/chat_prefix_cache.py", "--small", "--repeats", "1")
     assert "| cache on |" in out and "turn 3 with the cache / turn 1 without:" in out
     assert "same first tokens with and without the cache: True" in out
+
+
+def test_cpu_dtype_runs():
+    out = _run("benchmarks/cpu_dtype.py", "--images", "1", "--new-tokens", "2", "--repeats", "1", "--hidden", "64",
+               "--layers", "1", "--memory-hidden", "64", "--memory-layers", "1")
+    assert "| time to first token (s) |" in out and "| decode (tokens/s) |" in out and "| peak RSS growth" in out
