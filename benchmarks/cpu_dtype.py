@@ -6,7 +6,7 @@ tokens per 384-px image; smaller widths, set below) is written in bf16, as the r
     of one greedy answer of exactly --new-tokens tokens about --images images, with the model loaded as
     fp32 and as bf16 in this process; runs alternate after a warm-up round, medians of --repeats;
   * peak RSS growth of loading a bf16 checkpoint as bf16 and as fp32, each in a fresh child process
-    (ru_maxrss after the load minus the RSS before it), next to the size of the weights file; this
+    (the high-water RSS after the load minus the RSS before it), next to the size of the weights file; this
     checkpoint has the 0.5B's LM width and depth (--memory-hidden, --memory-layers), so the fixed costs
     of a load (tokenizer, allocator) weigh little beside the weights.
 The ratios say whether bf16 pays on this CPU: it is fast where the CPU has bf16 instructions (AVX512-BF16,
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -72,12 +71,23 @@ def answer(pipe, pictures: list[Image.Image], new_tokens: int) -> tuple[float, f
     return first - start, (new_tokens - 1) / (time.perf_counter() - first)
 
 
-def load_memory(checkpoint: str, dtype: str) -> float:
-    """Child process: peak RSS growth (MiB) of loading `checkpoint` in `dtype` (imports are done before)."""
-    with open("/proc/self/statm") as f:
-        before = int(f.read().split()[1]) * resource.getpagesize() / 2**20
-    load_model(checkpoint, "cpu", DTYPES[dtype])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+def load_memory(checkpoint: str, dtype: str) -> tuple[float, float]:
+    """Child process, imports done: (peak RSS growth of loading `checkpoint` in `dtype`, RSS growth once every
+    weight has been read), MiB. Weights kept in their stored dtype stay mapped from the file until first
+    read, so only the second number counts them. VmHWM, not ru_maxrss: a child inherits its parent's
+    ru_maxrss across exec, VmHWM starts afresh."""
+    before = _status_mib("VmRSS")
+    net, _ = load_model(checkpoint, "cpu", DTYPES[dtype])
+    peak = _status_mib("VmHWM") - before
+    with torch.no_grad():
+        for p in net.parameters():
+            p.sum()
+    return max(peak, _status_mib("VmHWM") - before), _status_mib("VmRSS") - before
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) / 1024
 
 
 def cpu_flags() -> str:
@@ -87,7 +97,8 @@ def cpu_flags() -> str:
 
 
 def timings(checkpoint: Path, args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
-    # No vision or prefix cache: every run computes its whole prompt.
+    """Every run of both dtypes, alternated so machine noise hits both alike; the caches are off, so each
+    run computes its whole prompt."""
     pipes = {name: llava_interleave.load(checkpoint, device="cpu", dtype=dtype, cache_mb=0) for name, dtype in DTYPES.items()}
     pictures = images(args.images)
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in pipes}
@@ -99,7 +110,7 @@ def timings(checkpoint: Path, args: argparse.Namespace) -> dict[str, list[tuple[
     return runs
 
 
-def report(runs: dict[str, list[tuple[float, float]]], memory: dict[str, float], file_mib: float,
+def report(runs: dict[str, list[tuple[float, float]]], memory: dict[str, tuple[float, float]], file_mib: float,
            params: int, args: argparse.Namespace) -> None:
     ttft = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
     decode = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
@@ -112,8 +123,9 @@ def report(runs: dict[str, list[tuple[float, float]]], memory: dict[str, float],
           f"bf16 takes {ttft['bfloat16'] / ttft['float32']:.2f}x the time |")
     print(f"| decode (tokens/s) | {decode['float32']:.1f} | {decode['bfloat16']:.1f} | "
           f"{decode['bfloat16'] / decode['float32']:.2f}x |")
-    print(f"| peak RSS growth of loading the bf16 checkpoint (MiB; weights file {file_mib:.0f} MiB) | "
-          f"{memory['float32']:.0f} | {memory['bfloat16']:.0f} | {memory['bfloat16'] / memory['float32']:.2f}x |")
+    for i, what in enumerate(("peak RSS growth of the load, then reading every weight", "RSS growth once every weight is read")):
+        fp32, bf16 = memory["float32"][i], memory["bfloat16"][i]
+        print(f"| {what} (MiB; bf16 weights file {file_mib:.0f} MiB) | {fp32:.0f} | {bf16:.0f} | {bf16 / fp32:.2f}x |")
 
 
 def main() -> None:
@@ -142,11 +154,11 @@ def main() -> None:
     report(runs, memory, file_mib, params, args)
 
 
-def load_memory_in_child(checkpoint: Path, dtype: str) -> float:
+def load_memory_in_child(checkpoint: Path, dtype: str) -> tuple[float, float]:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # freed blocks leave the RSS at once
     child = subprocess.run([sys.executable, __file__, "--memory-of", str(checkpoint), dtype], check=True,
                            capture_output=True, text=True, env=env)
-    return json.loads(child.stdout)
+    return tuple(json.loads(child.stdout))
 
 
 if __name__ == "__main__":

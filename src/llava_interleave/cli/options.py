@@ -109,11 +109,11 @@ def add_sampling(p: argparse.ArgumentParser) -> None:
 def load_pipeline(args: argparse.Namespace) -> Pipeline:
     """The pipeline the options of `add_loading` ask for; without --model, the bundled model."""
     pipe = load(args.model or bundled_model(), args.template, args.device, DTYPES[args.dtype] if args.dtype else None)
-    overrides = processor_overrides(args)
+    overrides = _processor_overrides(args)
     return pipe.with_processor(**overrides) if overrides else pipe
 
 
-def processor_overrides(args: argparse.Namespace) -> dict[str, str]:
+def _processor_overrides(args: argparse.Namespace) -> dict[str, str]:
     """The processor settings of `add_loading` that were given: those the checkpoint's config is overridden with."""
     names = ("image_aspect", "multi_aspect", "video_pooling")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}

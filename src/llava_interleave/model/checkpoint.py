@@ -120,8 +120,10 @@ def _hf_image_processor(path: Path) -> dict[str, Any]:
 
 
 def read_weights(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint, its floating ones cast to `dtype` one by one as they are read: a bf16
-    file read as fp32 never holds its bf16 copy and its fp32 copy at once (None: as stored)."""
+    """Every tensor of the checkpoint, its floating ones cast to `dtype` one by one as they are read from the
+    memory-mapped file (None: as stored). No in-memory copy of the whole checkpoint is made beside the
+    result: a tensor already in `dtype` stays mapped from the file (read on first use), one in another dtype
+    is converted alone and its source dropped."""
 
     def read(f: Any) -> dict[str, torch.Tensor]:
         return {key: _cast(f.get_tensor(key), dtype) for key in f.keys()}
@@ -191,8 +193,9 @@ def load_model(
 ) -> tuple[LlavaInterleave, PreTrainedTokenizerBase]:
     """Build the model from a checkpoint of either layout, in `dtype` (default: fp32 on CPU, bf16 on CUDA).
 
-    The model is built on the meta device and given the file's tensors, each cast to `dtype` as it is read:
-    no weight exists in another dtype beside the model (a bf16 0.5B loaded as bf16 takes ~1.7 GB, not 3.5)."""
+    The model is built on the meta device and given the file's tensors, each cast to `dtype` as it is read
+    (`read_weights`): the model is never materialised in another dtype first, so a bf16 0.5B loaded as bf16
+    takes ~1.7 GB, not 3.5."""
     device = resolve_device(device)
     path = resolve(model)
     config = read_config(path)
