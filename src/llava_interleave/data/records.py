@@ -329,10 +329,9 @@ def duplicate_entries(source: JsonSource) -> frozenset[int]:
                 raw = source.raw(index)
             except DataError:
                 continue
-            sample_id = raw.get("id") if isinstance(raw, dict) else None
-            if isinstance(sample_id, (str, int)) and not isinstance(sample_id, bool) and str(sample_id):
-                if first.setdefault(str(sample_id), index) != index:
-                    later.append(index)
+            sample_id = _raw_id(raw)
+            if sample_id and first.setdefault(sample_id, index) != index:
+                later.append(index)
         source.duplicates = frozenset(later)
     return source.duplicates
 
@@ -340,11 +339,15 @@ def duplicate_entries(source: JsonSource) -> frozenset[int]:
 def entry_id(source: JsonSource, entry: int) -> str:
     """Entry `entry`'s id for reports, or "" when it cannot be read."""
     try:
-        raw = source.raw(entry)
+        return _raw_id(source.raw(entry))[:200]
     except DataError:
         return ""
-    sample_id = raw.get("id", "") if isinstance(raw, dict) else ""
-    return str(sample_id)[:200] if isinstance(sample_id, (str, int)) else ""
+
+
+def _raw_id(raw: Any) -> str:
+    """A decoded entry's id as `parse_record` takes it (a string or a number), else ""."""
+    sample_id = raw.get("id") if isinstance(raw, dict) else None
+    return str(sample_id) if isinstance(sample_id, (str, int)) and not isinstance(sample_id, bool) else ""
 
 
 def try_record(records: Sequence[Record], index: int) -> Record | None:
