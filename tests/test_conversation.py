@@ -159,3 +159,27 @@ def test_a_picture_in_memory_and_on_disk_give_the_same_pixels(image_files):
     a = to_sample([Message("user", (Media(kind="image", source=in_memory), "x"))], num_frames=4, anyres=False)
     b = to_sample([Message("user", (Media(kind="image", source=image_files[1]), "x"))], num_frames=4, anyres=False)
     assert _shape(a) == _shape(b)
+
+
+def test_hostile_parts_are_one_line_errors(hf_checkpoint, tmp_path):
+    """The one road refuses what no tokenizer or decoder can take, with one-line InterleaveErrors."""
+    import os
+
+    from llava_interleave.errors import InterleaveError, MediaError
+
+    pipe = llava_interleave.load(hf_checkpoint, device="cpu")
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "folder").mkdir()
+    cases = [
+        (["hi \ud800"], PromptError, "lone surrogate"),
+        (["a\x00b"], PromptError, "NUL"),
+        (["x" * 1_000_001], PromptError, "over the limit"),
+        ([{"type": "image", "image": tmp_path / "fifo.png"}, "hi"], MediaError, "not an image file"),
+        ([{"type": "image", "image": tmp_path / "folder"}, "hi"], MediaError, "frame folder has no images"),
+        ([{"type": "image"}], PromptError, "unknown content part"),
+        ([{"type": {"nested": ["deep"]}}], PromptError, "unknown content part"),
+    ]
+    for content, error, words in cases:
+        with pytest.raises(error, match=words) as caught:
+            pipe.sample([{"role": "user", "content": content}])
+        assert isinstance(caught.value, InterleaveError) and "\n" not in str(caught.value)
