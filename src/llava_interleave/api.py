@@ -145,9 +145,7 @@ class Pipeline:
         encoded = [self.prepare(self.sample(messages))]
         stream = TextStream(self._decode)
         for step in self.engine.stream(encoded, self._within_context(encoded, sampling)):
-            if step[0] is None:
-                break
-            if piece := stream.push(step[0]):
+            if step[0] is not None and (piece := stream.push(step[0])):
                 yield piece
         if rest := stream.flush():
             yield rest

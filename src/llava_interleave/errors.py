@@ -39,6 +39,12 @@ class ContextLengthError(PromptError):
     reason = "too long"
 
 
+class KVBudgetError(PromptError):
+    """The prompt with its answer needs more key/value memory than the engine's whole budget."""
+
+    reason = "over kv budget"
+
+
 class SamplingError(InterleaveError):
     """A generation setting is outside its range."""
 

@@ -1,58 +1,59 @@
-"""A KV cache written into buffers sized for prompt + answer, so decoding never copies the cache.
+"""Per-request keys and values, in buffers sized for prompt + answer, so decoding never copies them.
 
 transformers' DynamicCache concatenates every step, copying the whole cache per token: with a 16-frame
-prompt (~12k tokens) that copy, not the arithmetic, is most of a decode step. Here each layer writes
-the new keys and values in place and exposes a view of the filled part.
+prompt (~12k tokens) that copy, not the arithmetic, is most of a decode step. Here every request owns one
+buffer per engine (all layers), written in place; requests join and leave a running batch without any
+other request's keys and values moving, and the memory a request holds is exactly what it reserved.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+
+from ..config import TextConfig
 
 
-class PreallocatedLayer(DynamicLayer):
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
+def bytes_per_token(cfg: TextConfig, dtype: torch.dtype) -> int:
+    """Keys + values of one token in every layer."""
+    head_dim = cfg.hidden_size // cfg.num_heads
+    return 2 * cfg.num_layers * cfg.num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+class RowCache:
+    """The keys and values of one sequence: (layers, kv_heads, capacity, head_dim), filled up to `filled`."""
+
+    def __init__(self, cfg: TextConfig, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
+        head_dim = cfg.hidden_size // cfg.num_heads
+        shape = (cfg.num_layers, cfg.num_kv_heads, capacity, head_dim)
+        self.keys = torch.empty(shape, dtype=dtype, device=device)
+        self.values = torch.empty(shape, dtype=dtype, device=device)
         self.capacity = capacity
         self.filled = 0
 
-    def preload(self, batch: int, start: int, rows: list[tuple[int, int, torch.Tensor, torch.Tensor]]) -> None:
-        """Fill columns [0, start) from cached prefixes: for each (row, offset, keys, values) of (heads, n, dim),
-        keys[:, :start - offset] go to columns [offset, start); every other column before `start` is left
-        padding, zeroed (masked, but must be finite)."""
-        first_keys, first_values = rows[0][2], rows[0][3]
-        self.lazy_initialization(first_keys[None], first_values[None])
-        heads, _, dim = first_keys.shape
-        self.key_buffer = first_keys.new_empty(batch, heads, self.capacity, dim)
-        self.value_buffer = first_values.new_empty(batch, heads, self.capacity, first_values.shape[-1])
-        offsets = dict.fromkeys(range(batch), start)
-        for row, offset, keys, values in rows:
-            offsets[row] = offset
-            self.key_buffer[row, :, offset:start] = keys[:, : start - offset]
-            self.value_buffer[row, :, offset:start] = values[:, : start - offset]
-        for row, offset in offsets.items():
-            self.key_buffer[row, :, :offset].zero_()
-            self.value_buffer[row, :, :offset].zero_()
-        self.filled = start
-        self.keys, self.values = self.key_buffer[:, :, :start], self.value_buffer[:, :, :start]
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.keys.numel() * self.keys.element_size()
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-            batch, heads, _, dim = key_states.shape
-            self.key_buffer = key_states.new_empty(batch, heads, self.capacity, dim)
-            self.value_buffer = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
-        end = self.filled + key_states.shape[-2]
+    def preload(self, keys: list[torch.Tensor], values: list[torch.Tensor], length: int) -> None:
+        """Start from the first `length` positions of cached (kv_heads, n, head_dim) tensors, one per layer."""
+        for layer, (k, v) in enumerate(zip(keys, values)):
+            self.keys[layer, :, :length] = k[:, :length]
+            self.values[layer, :, :length] = v[:, :length]
+        self.filled = length
+
+    def extend(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (kv_heads, n, head_dim) new keys and values after the filled part of `layer`; return that
+        layer's keys and values up to them. `advance(n)` makes the write count once every layer is written."""
+        end = self.filled + keys.shape[1]
         if end > self.capacity:
             raise RuntimeError(f"KV cache full: {end} tokens for a capacity of {self.capacity}")
-        self.key_buffer[:, :, self.filled : end] = key_states
-        self.value_buffer[:, :, self.filled : end] = value_states
-        self.filled = end
-        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-        return self.keys, self.values
+        self.keys[layer, :, self.filled : end] = keys
+        self.values[layer, :, self.filled : end] = values
+        return self.keys[layer, :, :end], self.values[layer, :, :end]
 
+    def advance(self, count: int) -> None:
+        self.filled += count
 
-def preallocated_cache(num_layers: int, capacity: int) -> Cache:
-    """A cache for `capacity` tokens (prompt + new tokens) in every layer."""
-    return Cache(layers=[PreallocatedLayer(capacity) for _ in range(num_layers)])
+    def prefix(self, length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Copies of the first `length` positions, per layer (what the prefix cache keeps)."""
+        return ([k[:, :length].clone() for k in self.keys], [v[:, :length].clone() for v in self.values])
