@@ -7,7 +7,10 @@ with greedy decoding of exactly --new-tokens tokens (no EOS stopping on either s
 
 Measured, medians of --repeats runs after one warm-up round (the two sides alternate, so machine noise
 hits both alike):
-  * time to first token: raw PIL frames -> first generated token (preprocessing, tower, prefill);
+  * time to first token: raw PIL frames -> first generated token (preprocessing, tower, prefill), our caches
+    off (each run answers the same frames again);
+  * time to first token of a second question about the same frames with our caches on (one run): what a
+    caller asking several questions about one video waits; transformers has no such cache;
   * decode tokens/s: the remaining N-1 tokens over their time;
   * whether both sides produce the same token ids;
   * peak memory of one answer over the loaded model, each side alone in a child process
@@ -38,6 +41,7 @@ import torch
 from PIL import Image, ImageDraw
 
 QUESTION = "What happens in these frames?"
+SECOND = "And what happens last?"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 Result = tuple[float, float, list[int]]  # (ttft seconds, decode seconds, token ids)
 
@@ -74,7 +78,8 @@ class Ours:
     def __init__(self, path: Path, device: str, dtype: torch.dtype) -> None:
         import llava_interleave
 
-        self.pipe = llava_interleave.load(path, template="hf", device=device, dtype=dtype)
+        # caches off: every timed run answers the same frames, which the caches would otherwise remember
+        self.pipe = llava_interleave.load(path, template="hf", device=device, dtype=dtype, cache_mb=0)
         self.device = device
 
     def run(self, images: list[Image.Image], new_tokens: int) -> Result:
@@ -92,9 +97,9 @@ class Ours:
         return first - start, time.perf_counter() - first, tokens
 
     def breakdown(self, images: list[Image.Image], new_tokens: int) -> dict[str, float]:
-        """Seconds per stage of one answer, timers around the calls the engine makes (batch of one)."""
-        from llava_interleave.model.kv_cache import preallocated_cache
-        from llava_interleave.model.merge import merge_visual_tokens
+        """Seconds per stage of one answer (caches off), timers around what the engine does for a request."""
+        from llava_interleave.engine import Engine, SamplingConfig
+        from llava_interleave.model.caches import visual_key
 
         model, times = self.pipe.model, {}
 
@@ -102,30 +107,61 @@ class Ours:
             sync(self.device)
             times[name] = time.perf_counter() - start
 
+        t = time.perf_counter()
+        encoded = self.pipe.processor.encode(self.pipe.sample([{"role": "user", "content": [*images, QUESTION]}]))
+        timed("preprocessing (resize, normalise, tokenise)", t)
+        engine = Engine(model, cache_mb=4096, chunk_tokens=self.pipe.engine.chunk_tokens)
         with torch.inference_mode():
             t = time.perf_counter()
-            encoded = self.pipe.processor.encode(self.pipe.sample([{"role": "user", "content": [*images, QUESTION]}]))
-            timed("preprocessing (resize, normalise, tokenise)", t)
-            t = time.perf_counter()
-            visual_tokens = torch.cat(model.encode_visuals(encoded.visuals))
-            timed("vision tower + projector", t)
-            t = time.perf_counter()
-            ids = torch.tensor([encoded.input_ids], device=model.device)
-            slots = ids == model.config.image_token_id
-            embeds = merge_visual_tokens(model.language_model.embed_tokens(ids.masked_fill(slots, 0)), slots, visual_tokens)
-            cache = preallocated_cache(model.config.text.num_layers, ids.shape[1] + new_tokens)
-            positions = torch.arange(ids.shape[1], device=model.device)[None]
-            logits = model(None, (), None, positions, cache, embeds, logits_to_keep=1).logits[:, -1]
-            token = logits.argmax(-1)
-            timed(f"LM prefill ({ids.shape[1]} tokens)", t)
-            t = time.perf_counter()
-            for _ in range(new_tokens - 1):
-                positions = positions[:, -1:] + 1
-                embeds = model.language_model.embed_tokens(token[:, None])
-                token = model(None, (), None, positions, cache, embeds).logits[:, -1].argmax(-1)
-                int(token)  # the engine reads every token back
-            timed(f"decode ({new_tokens - 1} tokens)", t)
+            keys = [visual_key(v) for v in encoded.visuals]
+            engine.vision_cache.tokens(model, encoded.visuals, keys)  # the request below finds them here
+            timed("vision tower + projector (+ hashing the pixels)", t)
+        request = engine.submit(encoded, SamplingConfig(max_new_tokens=new_tokens))
+        t = time.perf_counter()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            while not request.tokens:
+                engine.step()
+        timed(f"LM prefill ({len(encoded)} tokens, chunks of {engine.chunk_tokens})", t)
+        prefill = times.popitem()
+        for part, share in prefill_shares(profiler).items():
+            times[f"{prefill[0]}: {part}"] = prefill[1] * share
+        t = time.perf_counter()
+        while request.finish is None:
+            engine.step()
+        timed(f"decode ({new_tokens - 1} tokens)", t)
         return times
+
+    def second_question(self, images: list[Image.Image], new_tokens: int) -> float:
+        """Time to the first token of another question about the same frames, caches on (as `load` sets them):
+        the frames' tokens and the prompt's keys and values come from the first question's."""
+        from llava_interleave.engine import SamplingConfig
+
+        self.pipe.engine.set_cache(4096)
+        try:
+            self.run(images, new_tokens)
+            start = time.perf_counter()
+            encoded = self.pipe.processor.encode(self.pipe.sample([{"role": "user", "content": [*images, SECOND]}]))
+            for _ in self.pipe.engine.stream([encoded], SamplingConfig(max_new_tokens=1)):
+                pass
+            sync(self.device)
+            return time.perf_counter() - start
+        finally:
+            self.pipe.engine.set_cache(0)
+
+
+def prefill_shares(profiler: torch.profiler.profile) -> dict[str, float]:
+    """The prefill's operator time (self CPU time of each aten op) split into matrix products, the attention
+    kernel, and everything else (norms, rotary embedding, activations, cache writes), as fractions."""
+    parts = {"matrix products": 0.0, "attention kernel": 0.0, "everything else": 0.0}
+    for event in profiler.key_averages():
+        if not event.key.startswith("aten::"):
+            continue
+        part = ("attention kernel" if "scaled_dot_product" in event.key or "flash_attention" in event.key else
+                "matrix products" if event.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm") else
+                "everything else")
+        parts[part] += event.self_cpu_time_total
+    total = sum(parts.values()) or 1.0
+    return {part: seconds / total for part, seconds in parts.items()}
 
 
 class Reference:
@@ -218,7 +254,7 @@ def memory_side(args: argparse.Namespace) -> float:
     return cpu_peak_growth(lambda: side.run(images, args.new_tokens))
 
 
-def timings(checkpoint: Path, args: argparse.Namespace) -> tuple[dict[str, list[Result]], dict[str, float]]:
+def timings(checkpoint: Path, args: argparse.Namespace) -> tuple[dict[str, list[Result]], dict[str, float], float]:
     """Both sides in this process, runs alternated so machine noise hits both alike; round 0 warms up."""
     sides = {"ours": Ours(checkpoint, args.device, DTYPES[args.dtype]),
              "transformers": Reference(checkpoint, args.device, DTYPES[args.dtype])}
@@ -229,7 +265,9 @@ def timings(checkpoint: Path, args: argparse.Namespace) -> tuple[dict[str, list[
             result = side.run(images, args.new_tokens)
             if repeat:
                 runs[name].append(result)
-    return runs, sides["ours"].breakdown(images, args.new_tokens)
+    ours = sides["ours"]
+    assert isinstance(ours, Ours)
+    return runs, ours.breakdown(images, args.new_tokens), ours.second_question(images, args.new_tokens)
 
 
 def main() -> None:
@@ -264,7 +302,7 @@ def main() -> None:
             child = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
             memory[side] = json.loads(child.stdout.splitlines()[-1])
         load_before = os.getloadavg()[0]
-        runs, breakdown = timings(checkpoint, args)
+        runs, breakdown, second = timings(checkpoint, args)
     same = all(a[2] == b[2] for a, b in zip(runs["ours"], runs["transformers"]))
     ttft = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
     decode = {name: statistics.median((args.new_tokens - 1) / r[1] for r in rs) for name, rs in runs.items()}
@@ -280,6 +318,9 @@ def main() -> None:
           f"{decode['ours'] / decode['transformers']:.2f} (ours/theirs throughput) |")
     print(f"| peak memory of one answer over the loaded model (MiB) | {memory['ours']:.0f} | {memory['transformers']:.0f} | "
           f"{memory['ours'] / max(memory['transformers'], 1e-9):.2f} (ours/theirs) |")
+    print(f"| time to first token of a second question about the same frames, caches on (s) | {second:.3f} | "
+          f"{ttft['transformers']:.3f} | {second / ttft['transformers']:.2f} (ours/theirs time; transformers "
+          f"recomputes everything) |")
     total = sum(breakdown.values())
     print(f"\nWhere our time goes (one answer, {total:.3f} s in all):\n\n| stage | seconds | share |\n|---|---|---|")
     for stage, seconds in breakdown.items():

@@ -136,13 +136,13 @@ def _multi_turn_bench(synth: Path, tmp_path: Path) -> Path:
 
 def test_multi_turn_uses_own_answers_and_a_bad_sample_fails_alone(synth, pipe, tmp_path, monkeypatch):
     seen = []
-    real = pipe.generate_samples
+    real = pipe.submit
 
-    def spy(samples, sampling):
-        seen.extend(samples)
-        return real(samples, sampling)
+    def spy(sample, sampling):
+        seen.append(sample)
+        return real(sample, sampling)
 
-    monkeypatch.setattr(pipe, "generate_samples", spy)
+    monkeypatch.setattr(pipe, "submit", spy)
     result = run_eval(_settings(_multi_turn_bench(synth, tmp_path), tmp_path / "chat", batch_size=2), pipe)
     predictions = {p.key: p for p in read_predictions(result.predictions)}
     assert set(predictions) == {("ScanNet_chat", "chat-0", 0), ("ScanNet_chat", "chat-0", 1), ("BLINK", "broken", 0)}
@@ -157,8 +157,9 @@ def test_multi_turn_uses_own_answers_and_a_bad_sample_fails_alone(synth, pipe, t
 
 def test_frames_and_pooling_reach_the_video(synth, pipe, tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(type(pipe), "generate_samples", lambda self, samples, sampling: seen.append((self, samples)) or
-                        [type("G", (), {"text": "A"})() for _ in samples])
+    real = type(pipe).submit
+    monkeypatch.setattr(type(pipe), "submit", lambda self, sample, sampling: seen.append((self, [sample])) or
+                        real(self, sample, sampling))
     run_eval(_settings(synth / "bench.json", tmp_path / "v", datasets=("SynthMotion",), frames=4, video_pooling="average"), pipe)
     assert len(seen) == 2
     for used, samples in seen:

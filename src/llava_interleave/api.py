@@ -25,7 +25,7 @@ from .data.processor import Processor
 from .data.sample import Sample
 from .data.templates import IM_END, get_template
 from .data.text_stream import TextStream
-from .engine import Engine, SamplingConfig
+from .engine import Engine, Request, SamplingConfig
 from .errors import ContextLengthError, PromptError
 from .model.checkpoint import load_model, stop_ids
 from .model.llava import LlavaInterleave
@@ -130,8 +130,18 @@ class Pipeline:
                        stop_token_ids=tuple(dict.fromkeys((*self.stop_ids, *sampling.stop_token_ids))))
 
     # ------------------------------------------------------------------ generation
+    def submit(self, sample: Sample, sampling: SamplingConfig = GREEDY) -> Request:
+        """Queue one sample in the engine: it joins the running batch at the next `engine.step()` (continuous
+        batching), with the model's stop tokens and its answer capped by the room left in the context.
+        `answer(request)` is its text once `request.finish` is set."""
+        encoded = self.prepare(sample)
+        return self.engine.submit(encoded, self._within_context([encoded], sampling))
+
+    def answer(self, request: Request) -> Generation:
+        return Generation(self._decode(request.tokens), request.tokens, len(request.prompt))
+
     def generate_samples(self, samples: Sequence[Sample], sampling: SamplingConfig = GREEDY) -> list[Generation]:
-        """Batched generation (left padding) of several samples."""
+        """Several samples generated together (continuous batching); the first error of one is raised."""
         encoded = [self.prepare(s) for s in samples]
         outputs = self.engine.generate(encoded, self._within_context(encoded, sampling))
         return [Generation(self._decode(ids), ids, len(e)) for ids, e in zip(outputs, encoded)]

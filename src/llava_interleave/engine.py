@@ -95,7 +95,7 @@ class Engine:
     a step prefills at most `chunk_tokens` prompt tokens; `cache_mb` bounds the vision and prefix caches."""
 
     def __init__(self, model: LlavaInterleave, cache_mb: float = 0, *, max_rows: int = 16, kv_mb: float = 0,
-                 chunk_tokens: int = 512) -> None:
+                 chunk_tokens: int = 2048) -> None:
         self.model = model
         self.vision_cache: VisionCache | None = None
         self.prefix_cache: PrefixCache | None = None

@@ -14,7 +14,7 @@ from ..api import Pipeline
 from ..assets import DEMO_BENCH
 from ..data.drawn import LETTERS
 from .bench import BenchItem, read_bench
-from .runner import answer_items
+from .runner import answer_stream
 
 OPTION = re.compile(r"^\([A-H]\) .+$", re.MULTILINE)  # an option line of a multi-choice question
 
@@ -36,9 +36,11 @@ def _question(item: BenchItem) -> str:
 def run_demo(pipe: Pipeline, out: TextIO, max_new_tokens: int = 32) -> int:
     """Answer every demo item and print question, answer and truth; returns how many matched the truth."""
     items = read_bench(DEMO_BENCH)
-    predictions = answer_items(pipe, items, pipe.config.processor.num_frames, max_new_tokens)
+    answered = {id(item): predictions for item, predictions in
+                answer_stream(pipe, items, pipe.config.processor.num_frames, max_new_tokens, len(items))}
     matched = 0
-    for item, (prediction, *_) in zip(items, predictions):
+    for item in items:
+        prediction = answered[id(item)][0]
         answer = f"error: {prediction.error}" if prediction.error else prediction.prediction
         same = answer.strip().lower().rstrip(".") == prediction.answer.strip().lower().rstrip(".")
         matched += same

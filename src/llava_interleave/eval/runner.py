@@ -1,8 +1,10 @@
-"""Answer a bench with a model: greedy, batched, turn by turn, resumable, and sharded under torchrun.
+"""Answer a bench with a model: greedy, continuously batched, turn by turn, resumable, sharded under torchrun.
 
 Multi-turn samples (multi-view chat) are answered one round at a time with the model's *own* earlier
-answers as history, as the paper evaluates them. Each item's predictions are appended and flushed as soon
-as it is done, so a killed run loses at most the batch in flight and a rerun with the same RUN_DIR skips
+answers as history, as the paper evaluates them. `--batch-size` items are in the engine at once, each
+joining as another leaves. Each item's predictions are appended and flushed as soon as it is done (so the
+file is in completion order; scoring and the merged file follow the bench), a killed run loses at most the
+items in flight, and a rerun with the same RUN_DIR skips
 every item already there. A sample that cannot be answered (missing image, slot mismatch, prompt longer
 than the context) is written with an `error` and an empty prediction: it scores 0 and is not retried.
 RUN_DIR/run.json records what shapes the answers (model, template, frames, pooling, tokens), so a rerun
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import torch
 
 from ..api import Pipeline, load
 from ..data.sample import Sample, Turn, fill_slots
-from ..engine import SamplingConfig
+from ..engine import Request, SamplingConfig
 from ..errors import InterleaveError
 from ..model.checkpoint import DTYPES
 from .bench import BenchItem, item_messages, read_bench
@@ -101,39 +103,68 @@ def turn_sample(full: Sample, answers: Sequence[str], turn: int) -> Sample:
     return replace(full, turns=tuple(turns))
 
 
-def _generate(pipe: Pipeline, samples: list[Sample], max_new_tokens: int) -> list[str | InterleaveError]:
-    """Greedy answers of a batch; when the batch fails, each sample alone, so one bad sample fails alone."""
-    if not samples:
-        return []
+@dataclass(eq=False)
+class _Asking:
+    """An item being answered: its whole sample, the answers so far, and the request of its current turn."""
+
+    item: BenchItem
+    full: Sample
+    answers: list[str] = field(default_factory=list)
+    request: Request | None = None
+
+
+def answer_stream(pipe: Pipeline, items: Sequence[BenchItem], frames: int, max_new_tokens: int,
+                  window: int) -> Iterator[tuple[BenchItem, list[Prediction]]]:
+    """Each item with its predictions, as soon as all its turns are answered (not in bench order).
+
+    Up to `window` items are in the engine at once; an item's next turn joins the running batch as soon as
+    its previous answer is done, and the next item as soon as one leaves (continuous batching: no row waits
+    for the longest answer of a batch). Each item becomes a `Sample` once, by the one road."""
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens)
+    todo, active = iter(items), []
+    while True:
+        while len(active) < window and (item := next(todo, None)) is not None:
+            try:
+                asking = _Asking(item, item_sample(pipe, item, frames))
+            except InterleaveError as err:
+                yield item, _predictions(item, [], str(err))
+                continue
+            if (error := _ask(pipe, asking, sampling)) is not None:
+                yield item, _predictions(item, [], error)
+                continue
+            active.append(asking)
+        if not active:
+            return
+        pipe.engine.step()
+        for asking in [a for a in active if a.request is not None and a.request.finish is not None]:
+            error = _take_answer(pipe, asking) or (_ask(pipe, asking, sampling)
+                                                   if len(asking.answers) < len(asking.item.turns) else None)
+            if error is not None or len(asking.answers) == len(asking.item.turns):
+                active.remove(asking)
+                yield asking.item, _predictions(asking.item, asking.answers, error)
+
+
+def _ask(pipe: Pipeline, asking: _Asking, sampling: SamplingConfig) -> str | None:
+    """Submit the item's next turn (its own earlier answers as history); the error that prevents it, if any."""
     try:
-        return [g.text for g in pipe.generate_samples(samples, SamplingConfig(max_new_tokens=max_new_tokens))]
+        asking.request = pipe.submit(turn_sample(asking.full, asking.answers, len(asking.answers)), sampling)
     except InterleaveError as err:
-        if len(samples) == 1:
-            return [err]
-    return [result for sample in samples for result in _generate(pipe, [sample], max_new_tokens)]
+        return str(err)
+    return None
 
 
-def answer_items(pipe: Pipeline, items: Sequence[BenchItem], frames: int, max_new_tokens: int) -> list[list[Prediction]]:
-    """Predictions for every turn of every item, the items' round k answered together as one batch.
-
-    Each item becomes a `Sample` once, by the one road (media decoded once for all its rounds)."""
-    full: dict[int, Sample] = {}
-    errors: dict[int, str] = {}
-    for i, item in enumerate(items):
-        try:
-            full[i] = item_sample(pipe, item, frames)
-        except InterleaveError as err:
-            errors[i] = str(err)
-    answers: list[list[str]] = [[] for _ in items]
-    for turn in range(max(len(item.turns) for item in items)):
-        samples = {i: turn_sample(full[i], answers[i], turn) for i, item in enumerate(items)
-                   if i not in errors and turn < len(item.turns)}
-        for i, result in zip(samples, _generate(pipe, list(samples.values()), max_new_tokens)):
-            if isinstance(result, InterleaveError):
-                errors[i] = str(result)
-            else:
-                answers[i].append(result)
-    return [_predictions(item, answers[i], errors.get(i)) for i, item in enumerate(items)]
+def _take_answer(pipe: Pipeline, asking: _Asking) -> str | None:
+    """Record the finished turn's answer; a user error of the sample (e.g. its visuals do not fit their
+    slots) is returned, a fault of the model is raised."""
+    request = asking.request
+    assert request is not None and request.finish is not None
+    asking.request = None
+    if request.error is not None:
+        if isinstance(request.error, InterleaveError):
+            return str(request.error)
+        raise request.error
+    asking.answers.append(pipe.answer(request).text)
+    return None
 
 
 def _predictions(item: BenchItem, answers: list[str], error: str | None) -> list[Prediction]:
@@ -213,13 +244,13 @@ def _answer_into(pipe: Pipeline, todo: list[BenchItem], settings: EvalSettings, 
     cut_broken_tail(path)
     start = time.perf_counter()
     frames = pipe.config.processor.num_frames
+    answers = answer_stream(pipe, todo, frames, settings.new_tokens, settings.batch_size)
     with open(path, "a", encoding="utf-8") as out:
-        for first in range(0, len(todo), settings.batch_size):
-            batch = todo[first : first + settings.batch_size]
-            for item, predictions in zip(batch, answer_items(pipe, batch, frames, settings.new_tokens)):
-                out.write("".join(json.dumps(p.to_json({"question": q}), ensure_ascii=False) + "\n"
-                                  for p, (q, _) in zip(predictions, item.turns)))
-                out.flush()
-            done = first + len(batch)
-            print(f"eval: {done}/{len(todo)} answered, {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        for done, (item, predictions) in enumerate(answers, 1):
+            out.write("".join(json.dumps(p.to_json({"question": q}), ensure_ascii=False) + "\n"
+                              for p, (q, _) in zip(predictions, item.turns)))
+            out.flush()
+            if done % settings.batch_size == 0 or done == len(todo):
+                print(f"eval: {done}/{len(todo)} answered, {time.perf_counter() - start:.1f} s", file=sys.stderr,
+                      flush=True)
     return len(todo)
