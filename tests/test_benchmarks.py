@@ -38,6 +38,11 @@ def test_serve_load_runs():
     assert "| clients |" in out and "| 3, --max-batch 1 |" in out and "--max-batch 4 vs 1:" in out
 
 
+def test_serve_mixed_runs():
+    out = _run("benchmarks/serve_mixed.py", "--clients", "4", "--long-every", "2", "--long-tokens", "12", "--seconds", "3")
+    assert "| continuous |" in out and "| static |" in out and "continuous / static: short p50" in out
+
+
 def test_chat_prefix_cache_runs():
     out = _run("benchmarks/chat_prefix_cache.py", "--small", "--repeats", "1")
     assert "| cache on |" in out and "turn 3 with the cache / turn 1 without:" in out
@@ -48,3 +53,9 @@ def test_cpu_dtype_runs():
     out = _run("benchmarks/cpu_dtype.py", "--images", "1", "--new-tokens", "2", "--repeats", "1", "--hidden", "64",
                "--layers", "1", "--memory-hidden", "64", "--memory-layers", "1")
     assert "| time to first token (s) |" in out and "| decode (tokens/s) |" in out and "| peak RSS growth" in out
+
+
+def test_eval_throughput_runs():
+    out = _run("benchmarks/eval_throughput.py", "--items", "1", "--tasks", "SynthDetail,SynthName", "--batch-sizes", "1", "4",
+               "--repeats", "1", "--max-new-tokens", "4")
+    assert "| --batch-size | seconds | items/s | overall score |" in out and "items/s at --batch-size 4 / at 1:" in out

@@ -72,11 +72,14 @@ def test_requests_joining_a_running_batch_get_their_alone_answers(pipe, prompts)
     assert widest >= 3 and engine.reserved == 0
 
 
-def test_a_long_prompt_is_prefilled_in_chunks_while_a_running_row_keeps_decoding(pipe, prompts):
+def test_a_long_prompt_is_prefilled_in_chunks_while_a_running_row_keeps_decoding(pipe, prompts, monkeypatch):
     engine = Engine(pipe.model, chunk_tokens=8)
     running = engine.submit(prompts[3], greedy(60))
     while not running.tokens:
         engine.step()
+    encoded = []  # the images of the joining prompt are encoded as their slots come up, not all at once
+    real = pipe.model.encode_visuals
+    monkeypatch.setattr(pipe.model, "encode_visuals", lambda visuals: encoded.append(len(visuals)) or real(visuals))
     joining = engine.submit(prompts[1], greedy(4))
     steps = 0
     while not joining.tokens:
@@ -85,6 +88,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_a_running_row_keeps_decoding
         assert len(running.tokens) == before + 1  # a token every step, prefill or not
         steps += 1
     assert steps == -(-len(prompts[1]) // 8)
+    assert sum(encoded) == len(prompts[1].visuals) == 3 and len(encoded) > 1
     engine.cancel(running)
     while not engine.idle:
         engine.step()

@@ -5,8 +5,9 @@ row limit and the KV budget allow, then runs one packed forward pass (model/pack
 of every decoding request and the next prompt chunk (at most `chunk_tokens`) of requests still being
 prefilled, and samples each row by its own settings (temperature, top-p, its own seeded generator, stop
 ids, token budget). A request leaves the step it stops, and the next one joins the step after: a short
-question asked while a long answer streams is answered at once, and a long prompt, cut into chunks, only
-slows running streams by one chunk per step instead of stopping them.
+question asked while a long answer streams is answered at once, and a long prompt, cut into chunks (its
+visuals encoded as their slots come up), only slows running streams by one chunk per step instead of
+stopping them.
 
 KV memory: a request reserves its prompt + answer tokens when admitted (exactly; its buffer never grows or
 moves). With a budget (`kv_mb`) a request waits until its reservation fits; one that could never fit is
@@ -38,39 +39,11 @@ from .model.kv_cache import RowCache, bytes_per_token
 from .model.llava import LlavaInterleave
 from .model.merge import merge_visual_tokens
 from .model.packed import Span, packed_forward
+from .model.sampling import MAX_SEED, SamplingConfig, generator, pick
 
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
+__all__ = ["MAX_SEED", "Engine", "Request", "SamplingConfig"]
+
 log = logging.getLogger("llava_interleave.engine")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SamplingConfig:
-    """How to pick the answer's tokens; the one set of defaults (greedy, 256 tokens) for the API, CLI,
-    server and eval. `stop_token_ids` are added to the model's own stop tokens."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 -> greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    stop_token_ids: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        problems = []
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be a whole number of at least 1, got {self.max_new_tokens!r}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
-            problems.append(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            problems.append(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or not 0 <= self.seed <= MAX_SEED):
-            problems.append(f"seed must be a whole number in 0..{MAX_SEED}, got {self.seed!r}")
-        if problems:
-            raise SamplingError("; ".join(problems))
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0
 
 
 @dataclass(eq=False)
@@ -85,9 +58,16 @@ class Request:
     error: BaseException | None = None
     reserved: int = 0  # bytes of KV memory held
     cache: RowCache | None = field(default=None, repr=False)
-    pending: torch.Tensor | None = field(default=None, repr=False)  # (n, H) prompt embeddings not yet prefilled
+    ids: torch.Tensor | None = field(default=None, repr=False)  # the prompt's ids, on the CPU
+    visual_keys: list[tuple] = field(default_factory=list, repr=False)  # for the caches
+    encoded: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)  # visuals with slots still to fill
     key: PromptKey | None = field(default=None, repr=False)
     generator: torch.Generator | None = field(default=None, repr=False)
+
+    @property
+    def reading(self) -> int:
+        """Prompt positions not yet in the cache (0 once the prompt is read and the answer is being written)."""
+        return max(len(self.prompt) - self.cache.filled, 0) if self.cache is not None else len(self.prompt)
 
 
 class Engine:
@@ -129,9 +109,14 @@ class Engine:
         """Queue a prompt; it joins the batch at a coming step.
 
         Raises:
+            PromptError: it is empty, or its image slots and visuals disagree.
             KVBudgetError: its keys and values could never fit in the budget, even alone."""
         if not len(prompt):
             raise PromptError("the prompt is empty")
+        slots = sum(1 for t in prompt.input_ids if t == self.model.config.image_token_id)
+        if slots != sum(v.num_tokens for v in prompt.visuals):
+            raise PromptError(f"the prompt has {slots} image-token slots but the visuals give "
+                              f"{sum(v.num_tokens for v in prompt.visuals)} tokens")
         request = Request(prompt, sampling)
         request.reserved = self._need(request)
         if self.kv_budget and request.reserved > self.kv_budget:
@@ -164,7 +149,8 @@ class Engine:
             self.reserved -= request.reserved
         elif request in self.waiting:
             self.waiting.remove(request)
-        request.cache = request.pending = None
+        request.cache = request.ids = None
+        request.encoded = {}
 
     def _fail(self, request: Request, error: BaseException) -> None:
         request.finish, request.error = "error", error
@@ -213,12 +199,12 @@ class Engine:
     def _plan(self) -> list[tuple[Request, int]]:
         """(request, new positions) of this step: every decoding row's one token, then prompt chunks in
         arrival order up to `chunk_tokens` (each prompt's chunks are cut the same way however it is batched)."""
-        rows = [(r, 1) for r in self.running if r.pending is None]
+        rows = [(r, 1) for r in self.running if not r.reading]
         budget = self.chunk_tokens
         for request in self.running:
-            if request.pending is None:
+            if not request.reading:
                 continue
-            size = min(len(request.pending), self.chunk_tokens)
+            size = min(request.reading, self.chunk_tokens)
             if size > budget and budget < self.chunk_tokens:
                 break
             rows.append((request, size))
@@ -229,12 +215,12 @@ class Engine:
 
     def _forward(self, rows: list[tuple[Request, int]]) -> list[tuple[Request, int]]:
         model = self.model
-        decoding = [r for r, _ in rows if r.pending is None]
+        decoding = [r for r, _ in rows if not r.reading]
         parts = []
         if decoding:
             last = torch.tensor([r.tokens[-1] for r in decoding], device=model.device)
             parts.append(model.language_model.embed_tokens(last))
-        parts += [r.pending[:n] for r, n in rows if r.pending is not None]
+        parts += [self._chunk(r, n) for r, n in rows if r.reading]
         spans, offset = [], 0
         for request, size in rows:
             assert request.cache is not None
@@ -243,17 +229,16 @@ class Engine:
         hidden = packed_forward(model.language_model, torch.cat(parts), spans)
         ends, sampled = [], []
         for (request, size), span in zip(rows, spans):
-            if request.pending is not None:
-                request.pending = request.pending[size:] if size < len(request.pending) else None
-                if request.pending is not None:
-                    continue
+            if request.reading:
+                continue
+            if not request.tokens:  # the prompt was read in this step
                 self._store(request)
             ends.append(span.offset + size - 1)
             sampled.append(request)
         if not sampled:
             return []
         logits = model.lm_head(hidden[ends])
-        tokens = self._pick(logits, sampled).tolist()  # the step's one device-to-host sync
+        tokens = pick(logits, [(r.sampling, r.generator) for r in sampled]).tolist()  # the step's one device-to-host sync
         for request, token in zip(sampled, tokens):
             self._append(request, token)
         return list(zip(sampled, tokens))
@@ -269,51 +254,58 @@ class Engine:
 
     # ------------------------------------------------------------------ a request's start
     def _start(self, request: Request) -> None:
-        """Reserve the row's cache, reuse a cached prefix, and embed the rest of the prompt (visuals merged)."""
+        """Reserve the row's cache and start it from the longest cached prefix of the prompt."""
         model, prompt = self.model, request.prompt
-        cache = RowCache(model.config.text, len(prompt) + request.sampling.max_new_tokens, model.dtype, model.device)
-        ids = torch.tensor(prompt.input_ids, dtype=torch.long)
-        keys = [visual_key(v) for v in prompt.visuals] if self.vision_cache or self.prefix_cache else []
-        start = 0
+        request.cache = RowCache(model.config.text, len(prompt) + request.sampling.max_new_tokens, model.dtype,
+                                 model.device)
+        request.ids = torch.tensor(prompt.input_ids, dtype=torch.long)
+        if self.vision_cache is not None or self.prefix_cache is not None:
+            request.visual_keys = [visual_key(v) for v in prompt.visuals]
         if self.prefix_cache is not None:
-            request.key = self._prompt_key(prompt, keys)
+            request.key = self._prompt_key(prompt, request.visual_keys)
             start, entry = self.prefix_cache.lookup(request.key, fingerprint(model))
             if entry is not None:
-                cache.preload(entry.keys, entry.values, start)
-        request.pending = self._embed(prompt, ids, start, keys)
-        request.cache = cache
-        request.generator = self._generator(request.sampling, model.device)
+                request.cache.preload(entry.keys, entry.values, start)
+        request.generator = generator(request.sampling, model.device)
 
-    def _embed(self, prompt: Encoded, ids: torch.Tensor, start: int, keys: list[tuple]) -> torch.Tensor:
-        """(L - start, H) embeddings of the prompt from `start`, with the tokens of its visuals in their slots."""
-        model = self.model
-        image = model.config.image_token_id
-        part = ids[start:].to(model.device)
+    def _chunk(self, request: Request, size: int) -> torch.Tensor:
+        """(size, H) embeddings of the next `size` prompt positions, with the tokens of the visuals whose slots
+        fall there. Visuals are encoded when their first slot comes up, so a long video is encoded a few frames
+        a step, like its prefill, and running answers keep flowing meanwhile."""
+        model, visuals = self.model, request.prompt.visuals
+        assert request.cache is not None and request.ids is not None
+        image, start = model.config.image_token_id, request.cache.filled
+        part = request.ids[start : start + size].to(model.device)
         slots = part == image
         embeds = model.language_model.embed_tokens(part.masked_fill(slots, 0))
-        skip = int((ids[:start] == image).sum())  # visual tokens already in the cached prefix
-        wanted, trims, offset = [], [], 0
-        for index, visual in enumerate(prompt.visuals):
-            if offset + visual.num_tokens > skip:
-                wanted.append(index)
-                trims.append(max(skip - offset, 0))
-            offset += visual.num_tokens
-        if not wanted and not slots.any():
+        if not slots.any():
             return embeds
-        visuals = [prompt.visuals[i] for i in wanted]
+        first = int((request.ids[:start] == image).sum())  # visual tokens before this chunk
+        last = first + int(slots.sum())
+        offsets = [sum(v.num_tokens for v in visuals[:i]) for i in range(len(visuals))]
+        here = [i for i, (v, o) in enumerate(zip(visuals, offsets)) if o < last and o + v.num_tokens > first]
+        self._encode(request, [i for i in here if i not in request.encoded])
+        pieces = [request.encoded[i][max(first - offsets[i], 0) : last - offsets[i]] for i in here]
+        for i in here:
+            if offsets[i] + visuals[i].num_tokens <= last:
+                del request.encoded[i]  # every slot of it is filled now
+        return merge_visual_tokens(embeds[None], slots[None], torch.cat(pieces))[0]
+
+    def _encode(self, request: Request, indices: list[int]) -> None:
+        """Tower + projector + arrange for the request's visuals at `indices` (the vision cache first)."""
+        if not indices:
+            return
+        visuals = [request.prompt.visuals[i] for i in indices]
         if self.vision_cache is not None:
-            tokens = self.vision_cache.tokens(model, visuals, [keys[i] for i in wanted])
+            tokens = self.vision_cache.tokens(self.model, visuals, [request.visual_keys[i] for i in indices])
         else:
-            tokens = model.encode_visuals(visuals) if visuals else []
-        merged = torch.cat([t[trim:] for t, trim in zip(tokens, trims)]) if tokens else embeds.new_zeros(0, embeds.shape[-1])
-        return merge_visual_tokens(embeds[None], slots[None], merged)[0]
+            tokens = self.model.encode_visuals(visuals)
+        request.encoded.update(zip(indices, tokens))
 
     def _prompt_key(self, prompt: Encoded, keys: list[tuple]) -> PromptKey:
         ids = torch.tensor(prompt.input_ids, dtype=torch.long)
         slots = (ids == self.model.config.image_token_id).nonzero().flatten().tolist()
-        counts = [v.num_tokens for v in prompt.visuals]
-        if len(slots) != sum(counts):
-            raise PromptError(f"the prompt has {len(slots)} image-token slots but the visuals give {sum(counts)} tokens")
+        counts = [v.num_tokens for v in prompt.visuals]  # as many as slots: `submit` checked
         firsts = [sum(counts[:i]) for i in range(len(counts))]
         return PromptKey(ids, tuple((slots[f], k) for f, k in zip(firsts, keys)))
 
@@ -329,8 +321,10 @@ class Engine:
         """Run prompts to their end; yield, per step that produced any of their tokens, each prompt's new token
         (None: none this step). Raises the first error of one of them (the others are then cancelled)."""
         settings = [sampling] * len(prompts) if isinstance(sampling, SamplingConfig) else list(sampling)
-        requests = [self.submit(p, s) for p, s in zip(prompts, settings)]
+        requests: list[Request] = []
         try:
+            for prompt, setting in zip(prompts, settings):
+                requests.append(self.submit(prompt, setting))
             while any(r.finish is None for r in requests):
                 produced = dict(self.step())
                 for request in requests:
@@ -351,27 +345,3 @@ class Engine:
                 if token is not None:
                     out[row].append(token)
         return out
-
-    # ------------------------------------------------------------------ sampling
-    @staticmethod
-    def _generator(sampling: SamplingConfig, device: torch.device) -> torch.Generator | None:
-        """A seeded generator per request; greedy decoding draws nothing, so it gets none."""
-        if sampling.seed is None or sampling.greedy:
-            return None
-        return torch.Generator(device=device).manual_seed(sampling.seed)
-
-    @staticmethod
-    def _pick(logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
-        """(R, V) logits -> (R,) tokens, each row by its own request's settings."""
-        tokens = logits.argmax(-1)
-        for row, request in enumerate(requests):
-            sampling = request.sampling
-            if sampling.greedy:
-                continue
-            probs = torch.softmax(logits[row].float() / sampling.temperature, dim=-1)
-            if sampling.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                keep = sorted_probs.cumsum(-1) - sorted_probs < sampling.top_p  # always keeps the top token
-                probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
-            tokens[row] = torch.multinomial(probs, 1, generator=request.generator)[0]
-        return tokens
