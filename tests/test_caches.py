@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import llava_interleave
+import llava_interleave.engine as engine_module
 from llava_interleave.api import Pipeline
 from llava_interleave.engine import SamplingConfig
 from tests.conftest import random_image
@@ -92,3 +93,25 @@ def test_cache_stays_within_its_budget(pipes, image_files):
         for cache in (cached.engine.vision_cache, cached.engine.prefix_cache):
             assert cache.bytes <= cache.max_bytes
     cached.engine.set_cache(llava_interleave.api.DEFAULT_CACHE_MB)
+
+
+def test_the_next_turn_reuses_the_answer_too(pipes, image_files, monkeypatch):
+    """A prompt that resends an earlier prompt and its answer starts after both (the answer's keys and values
+    were kept when it ended), and its answer is the one computed from scratch."""
+    cached, plain = pipes
+    cached.engine.set_cache(64)
+    first = cached.prepare(cached.sample([{"role": "user", "content": [
+        *({"type": "image", "image": p} for p in image_files[:2]), "Describe them."]}]))
+    answer = cached.engine.generate([first], SamplingConfig(max_new_tokens=5))[0]
+    follow = type(first)(input_ids=[*first.input_ids, *answer[:4], *first.input_ids[-6:]], labels=[],
+                         visuals=first.visuals)
+    computed = []
+    real = engine_module.packed_forward
+    monkeypatch.setattr(engine_module, "packed_forward", lambda lm, embeds, spans: computed.append(len(embeds)) or
+                        real(lm, embeds, spans))
+    request = cached.engine.submit(follow, SamplingConfig(max_new_tokens=4))
+    cached.engine.step()
+    assert computed == [6]  # only the new question: the prompt and 4 answer tokens came from the cache
+    while not cached.engine.idle:
+        cached.engine.step()
+    assert request.tokens == plain.engine.generate([follow], SamplingConfig(max_new_tokens=4))[0]

@@ -250,6 +250,7 @@ class Engine:
         elif len(request.tokens) >= request.sampling.max_new_tokens:
             request.finish = "length"
         if request.finish is not None:
+            self._store(request)
             self._release(request)
 
     # ------------------------------------------------------------------ a request's start
@@ -310,10 +311,17 @@ class Engine:
         return PromptKey(ids, tuple((slots[f], k) for f, k in zip(firsts, keys)))
 
     def _store(self, request: Request) -> None:
-        """Keep a fully prefilled prompt's keys and values for later prompts that share a prefix with it."""
-        if self.prefix_cache is not None and request.key is not None and request.cache is not None:
-            cache, length = request.cache, len(request.prompt)
-            self.prefix_cache.store(request.key, lambda: cache.prefix(length))
+        """Keep the keys and values computed so far for later prompts that share a prefix with them: the prompt
+        once it is read (another question about the same images, asked meanwhile), then prompt + answer when
+        it ends (the next turn of the chat resends both; that entry replaces the prompt's)."""
+        if self.prefix_cache is None or request.key is None or request.cache is None:
+            return
+        cache, length = request.cache, request.cache.filled  # the last sampled token has no keys yet
+        key = request.key
+        if length > len(key.ids):
+            answer = torch.tensor(request.tokens[: length - len(key.ids)], dtype=torch.long)
+            key = PromptKey(torch.cat([key.ids, answer]), key.visuals)
+        self.prefix_cache.store(key, lambda: cache.prefix(length))
 
     # ------------------------------------------------------------------ whole prompts
     def stream(self, prompts: Sequence[Encoded], sampling: SamplingConfig | Sequence[SamplingConfig]
