@@ -40,7 +40,7 @@ class Level:
     seconds: float
     latencies: tuple[float, ...]
     tokens: int
-    mean_batch: float
+    mean_rows: float  # requests given a token per engine step
 
     @property
     def per_second(self) -> float:
@@ -63,13 +63,13 @@ def _request(i: int, image: str, max_tokens: int) -> dict:
 class Server:
     """`llava-interleave serve` in a child process on a free loopback port."""
 
-    def __init__(self, model: Path, max_batch: int, threads: int, device: str) -> None:
+    def __init__(self, model: Path, max_batch: int, threads: int, device: str, *options: str) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "llava_interleave.cli", "serve", "--model", str(model), "--port", str(self.port),
-               "--max-batch", str(max_batch), "--queue-size", "1024", "--device", device]
+               "--max-batch", str(max_batch), "--queue-size", "1024", "--device", device, *options]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -89,9 +89,14 @@ class Server:
         self.process.terminate()
         self.process.wait(timeout=30)
 
-    def batch_sizes(self) -> Counter[int]:
-        sizes = httpx.get(self.url + "/health", timeout=10).json()["batch_sizes"]
-        return Counter({int(k): v for k, v in sizes.items()})
+    def rows_per_step(self) -> Counter[int]:
+        """Engine steps so far by how many requests got a token in them (from /health)."""
+        rows = httpx.get(self.url + "/health", timeout=10).json()["rows_per_step"]
+        return Counter({int(k): v for k, v in rows.items()})
+
+
+def mean_rows(steps: Counter[int]) -> float:
+    return sum(rows * n for rows, n in steps.items()) / max(1, sum(steps.values()))
 
 
 def run_level(server: Server, clients: int, args: argparse.Namespace, images: list[str]) -> Level:
@@ -100,7 +105,7 @@ def run_level(server: Server, clients: int, args: argparse.Namespace, images: li
     lock = threading.Lock()
     latencies: list[float] = []
     tokens: list[int] = []
-    before = server.batch_sizes()
+    before = server.rows_per_step()
     start = time.monotonic()
 
     def client() -> None:
@@ -123,15 +128,13 @@ def run_level(server: Server, clients: int, args: argparse.Namespace, images: li
     for thread in threads:
         thread.join()
     seconds = time.monotonic() - start
-    batches = server.batch_sizes() - before
-    mean_batch = sum(size * n for size, n in batches.items()) / max(1, sum(batches.values()))
-    return Level(clients, len(latencies), seconds, tuple(latencies), sum(tokens), mean_batch)
+    return Level(clients, len(latencies), seconds, tuple(latencies), sum(tokens), mean_rows(server.rows_per_step() - before))
 
 
 def _row(level: Level) -> str:
     p50, p90, p99 = (float(np.percentile(level.latencies, q)) for q in (50, 90, 99))
     return (f"| {level.clients} | {level.answered} | {level.per_second:.1f} | {level.tokens / level.seconds:.0f} | "
-            f"{p50:.3f} | {p90:.3f} | {p99:.3f} | {level.mean_batch:.2f} |")
+            f"{p50:.3f} | {p90:.3f} | {p99:.3f} | {level.mean_rows:.2f} |")
 
 
 def main() -> None:
@@ -160,7 +163,7 @@ def main() -> None:
     print(f"tiny random model, one 64x48 image + question per request, greedy, max_tokens {args.max_tokens}; "
           f"server --max-batch {args.max_batch} on {args.device} with {args.threads} torch thread(s); "
           f"{os.cpu_count()} CPUs, load average {load:.1f} before the run")
-    print("| clients | answered | requests/s | tokens/s | p50 latency (s) | p90 (s) | p99 (s) | mean batch |")
+    print("| clients | answered | requests/s | tokens/s | p50 latency (s) | p90 (s) | p99 (s) | mean rows/step |")
     print("|---|---|---|---|---|---|---|---|")
     for level in levels:
         print(_row(level))

@@ -268,6 +268,7 @@ def test_bad_argument_is_one_line_and_non_zero(capsys, original_checkpoint, brok
     (["serve", "--device", "bogus"], "unknown device 'bogus'"),
     (["serve", "--port", "70000"], "argument --port: must be a whole number in 0..65535"),
     (["serve", "--timeout", "nan"], "argument --timeout: must be a number > 0"),
+    (["serve", "--batching", "dynamic"], "argument --batching: invalid choice: 'dynamic'"),
     (["chat", "--device", "cuda:99"], "device 'cuda:99'"),
 ])
 def test_other_commands_check_their_arguments_as_parsed(capsys, argv, message):

@@ -155,9 +155,10 @@ def test_concurrent_requests_are_batched_and_not_mixed_up(client, served, pipe):
     prompts = [f"{word} How many views show a chair?" for word in ("cat", "mat", "red", "blue", "ball", "left", "the", "3")]
     expected = [alone(pipe, user(p), 6 + i) for i, p in enumerate(prompts)]
     assert len(set(expected)) > 4, "the prompts should give different answers"
-    before = sum(n for size, n in served[1].batch_sizes.items() if size > 1)
+    worker = served[1]
+    before = sum(n for rows, n in worker.rows_per_step.items() if rows > 1)
     blocker = ask(client, said("Describe the video."), max_tokens=1000, stream=True)
-    next(iter(blocker))  # a long answer is running: the eight queue behind it, so they batch
+    next(iter(blocker))  # a long answer is running: the eight join its steps, three at a time
     answers: list[str | None] = [None] * len(prompts)
 
     def one(i: int) -> None:
@@ -169,9 +170,10 @@ def test_concurrent_requests_are_batched_and_not_mixed_up(client, served, pipe):
     for t in threads:
         t.join(timeout=120)
     assert answers == expected
-    assert sum(n for size, n in served[1].batch_sizes.items() if size > 1) > before, served[1].batch_sizes
-    assert max(served[1].batch_sizes) <= 4
+    assert sum(n for rows, n in worker.rows_per_step.items() if rows > 1) > before, worker.rows_per_step
+    assert max(worker.rows_per_step) <= 4
     blocker.close()
+    wait_until(lambda: worker.running == 0, "the long answer to stop after its client left")
 
 
 def test_disconnect_cancels_the_generation(client, served):
@@ -317,5 +319,10 @@ def test_command_line_options_become_settings(monkeypatch, tmp_path):
         "ckpt", "from-env", 2, 3, 5.0)
     assert settings.limits.max_body_bytes == 2**20 and settings.limits.max_images == 2 and settings.file_root == tmp_path
     assert not settings.allow_remote_urls
-    with pytest.raises(InterleaveError, match="max-batch"):
-        settings_from_args(build_parser().parse_args(["serve", "--model", "m", "--max-batch", "0"]))
+    assert (settings.kv_mb, settings.chunk_tokens, settings.batching) == (0, 512, "continuous")
+    scheduling = settings_from_args(build_parser().parse_args(["serve", "--kv-mb", "2.5", "--chunk-tokens", "64",
+                                                               "--batching", "static"]))
+    assert (scheduling.kv_mb, scheduling.chunk_tokens, scheduling.batching) == (2.5, 64, "static")
+    for option, value in (("--max-batch", "0"), ("--kv-mb", "-1"), ("--kv-mb", "nan"), ("--chunk-tokens", "0")):
+        with pytest.raises(InterleaveError, match=option):
+            settings_from_args(build_parser().parse_args(["serve", "--model", "m", option, value]))

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llava_interleave import engine as engine_module
 from llava_interleave.api import load
 from llava_interleave.data.conversation import Media
 from llava_interleave.engine import SamplingConfig
@@ -34,6 +35,7 @@ from llava_interleave.serve.settings import ANY_HOST, LOOPBACK_HOSTS, Limits, Se
 from .conftest import random_image, write_clip
 from .live_server import running, wait_until
 from .test_serve_api import alone, data_url, image_part, said, user
+from .test_serve_continuous import Streamed, pause_until_submitted
 
 LIMITS = Limits(max_body_bytes=1_000_000, max_images=4, max_frames=8, max_image_pixels=200 * 200,
                 max_request_pixels=100_000, max_video_frames=20)
@@ -268,49 +270,52 @@ def test_file_root_refuses_what_is_not_a_regular_file(pipe, tmp_path):
 
 
 def test_a_row_that_breaks_the_model_fails_alone(pipe, monkeypatch):
-    """A poison row in a batch of four: the three innocent rows still get their own answers; sampled requests
-    queued with them, each with its own seed, get the answers they get alone."""
+    """A poison row in a step with six others: the model fails whenever it is in the forward pass; the innocent
+    rows still get their own answers, and sampled requests, each with its own seed, the answers they get alone."""
     prompts = ["red ball", "POISON", "blue cat", "the mat"]
     expected = {p: alone(pipe, user(p), 5) for p in prompts if p != "POISON"}
     seeds = {f"seed {seed}": seed for seed in (1, 2)}
     sampled = {key: pipe.generate_samples([pipe.sample(user("red ball"))], SamplingConfig(
         max_new_tokens=5, temperature=1.0, seed=seed))[0].text for key, seed in seeds.items()}
-    original = pipe.engine.stream
+    forward, failed_with = engine_module.packed_forward, []
 
-    def stream(prompts, sampling):
-        if any("POISON" in pipe.tokenizer.decode(p.input_ids) for p in prompts):
+    def packed_forward(lm, embeds, spans):
+        poisoned = {id(r.cache) for r in pipe.engine.running if "POISON" in pipe.tokenizer.decode(r.prompt.input_ids)}
+        if any(id(span.cache) in poisoned for span in spans):
+            failed_with.append(len(spans))
             raise RuntimeError("the model broke on this row")
-        yield from original(prompts, sampling)
+        return forward(lm, embeds, spans)
 
-    monkeypatch.setattr(pipe.engine, "stream", stream)
-    app = create_app(pipe, ServeSettings("tiny", max_batch=4))
+    monkeypatch.setattr(engine_module, "packed_forward", packed_forward)
+    app = create_app(pipe, ServeSettings("tiny", max_batch=8))
     worker = app.state.server.worker
-    with running(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+    with running(app) as url:
         results: dict[str, httpx.Response] = {}
 
         def post(key: str, body: dict) -> None:
             results[key] = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
 
-        with http.stream("POST", "/v1/chat/completions", json={"messages": said("Describe the video."), "max_tokens": 3000,
-                                                               "stream": True}) as blocker:
-            lines = blocker.iter_lines()  # kept: a dropped iterator closes the response
-            next(lines)  # the worker is busy: what follows queues, then batches
-            threads = [threading.Thread(target=post, args=(p, {"messages": said(p), "max_tokens": 5})) for p in prompts]
-            threads.append(threading.Thread(target=post, args=("seed", {**GOOD, "seed": 2**70})))
-            threads += [threading.Thread(target=post, args=(key, {"messages": said("red ball"), "max_tokens": 5,
-                                                                  "temperature": 1.0, "seed": seed}))
-                        for key, seed in seeds.items()]
-            for t in threads:
-                t.start()
-            wait_until(lambda: worker.queued == len(prompts) + len(seeds), "the six requests to queue")
+        blocker = Streamed(url, {"messages": said("Describe the video."), "max_tokens": 3000})
+        blocker.start()
+        wait_until(lambda: worker.running == 1, "the long answer to start")
+        pause_until_submitted(monkeypatch, pipe.engine, worker, len(prompts) + len(seeds))  # then all join at once
+        threads = [threading.Thread(target=post, args=(p, {"messages": said(p), "max_tokens": 5})) for p in prompts]
+        threads.append(threading.Thread(target=post, args=("seed", {**GOOD, "seed": 2**70})))
+        threads += [threading.Thread(target=post, args=(key, {"messages": said("red ball"), "max_tokens": 5,
+                                                              "temperature": 1.0, "seed": seed}))
+                    for key, seed in seeds.items()]
+        for t in threads:
+            t.start()
         for t in threads:
             t.join(60)
+        blocker.leave()
     assert results["POISON"].status_code == 500 and results["POISON"].json()["error"]["code"] == "generation_failed"
-    assert "broke" not in results["POISON"].text
+    assert "broke" not in results["POISON"].text and not INTERNALS.search(results["POISON"].text)
     assert results["seed"].status_code == 400
     assert {p: results[p].json()["choices"][0]["message"]["content"] for p in expected} == expected
     assert {key: results[key].json()["choices"][0]["message"]["content"] for key in seeds} == sampled
-    assert worker.batch_sizes[4] >= 1, worker.batch_sizes
+    assert max(failed_with) == 7, failed_with  # the poison shared its step with the blocker and the five others
+    assert blocker.status == 200 and worker.served["error"] == 1
 
 
 def test_a_huge_prompt_delays_nobody(pipe, monkeypatch):

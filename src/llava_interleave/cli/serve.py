@@ -12,9 +12,9 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from ..serve.settings import ANY_HOST, LOOPBACK_HOSTS, Limits, ServeSettings
+from ..serve.settings import ANY_HOST, LOOPBACK_HOSTS, Batching, Limits, ServeSettings
 from . import options
 
 KEY_ENV = "LLAVA_INTERLEAVE_API_KEY"
@@ -29,7 +29,15 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--api-key", default=None, help=f"require Authorization: Bearer KEY (default: ${KEY_ENV} if set)")
     p.add_argument("--allow-remote-urls", action="store_true", help="let requests name http(s) image/video URLs")
     p.add_argument("--file-root", default=None, help="let requests name local files, only under this folder")
-    p.add_argument("--max-batch", type=int, default=4, help="requests generated together in one batch")
+    p.add_argument("--max-batch", type=int, default=4, help="requests decoding together")
+    p.add_argument("--kv-mb", type=float, default=0,
+                   help="MiB of keys and values for all requests together (0: unbounded); a request waits until "
+                        "its prompt + max_tokens fit, and one that never could gets 400")
+    p.add_argument("--chunk-tokens", type=int, default=512,
+                   help="prompt tokens prefilled per step, so a long prompt slows running answers only a little")
+    p.add_argument("--batching", choices=get_args(Batching), default="continuous",
+                   help="continuous: requests join and leave the batch between steps; static (for benchmarks): "
+                        "a batch runs to its longest answer before others start")
     p.add_argument("--queue-size", type=int, default=64, help="waiting requests before new ones get 429")
     p.add_argument("--max-decoding", type=int, default=2, help="requests decoding images/videos at once (others wait)")
     p.add_argument("--cache-mb", type=options.whole_number(0, 2**20), default=1024,
@@ -63,7 +71,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         api_key=args.api_key or os.environ.get(KEY_ENV) or None,
         allow_remote_urls=args.allow_remote_urls,
         file_root=Path(args.file_root) if args.file_root else None,
-        max_batch=args.max_batch, queue_size=args.queue_size, max_decoding=args.max_decoding, timeout_s=args.timeout,
+        max_batch=args.max_batch, kv_mb=args.kv_mb, chunk_tokens=args.chunk_tokens, batching=args.batching,
+        queue_size=args.queue_size, max_decoding=args.max_decoding, timeout_s=args.timeout,
         allowed_hosts=_allowed_hosts(args), limits=limits,
     )
 

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..api import Pipeline
 from ..engine import SamplingConfig
 from ..errors import ContextLengthError, PromptError
+from ..model.kv_cache import bytes_per_token
 from .errors import ApiError, Deadline, bad_request
 from .protocol import (
     MAX_NUMBER_DIGITS,
@@ -57,7 +58,11 @@ class Server:
     def __init__(self, pipe: Pipeline, settings: ServeSettings) -> None:
         self.pipe = pipe
         self.settings = settings
-        self.worker = Worker(pipe, settings.max_batch, settings.queue_size)
+        pipe.engine.configure(max_rows=settings.max_batch, kv_mb=settings.kv_mb, chunk_tokens=settings.chunk_tokens)
+        self.worker = Worker(pipe, settings.queue_size, settings.batching)
+        # Tokens (prompt + answer, all requests together) the KV budget holds, to refuse what never fits early
+        per_token = bytes_per_token(pipe.model.config.text, pipe.model.dtype)
+        self.kv_tokens = pipe.engine.kv_budget // per_token if pipe.engine.kv_budget else None
         self._decoding = asyncio.Semaphore(settings.max_decoding)
         # No token is longer than the vocabulary's longest, so a text with more characters than this cannot fit.
         self.max_characters = pipe.config.max_length * max(map(len, pipe.tokenizer.get_vocab()))
@@ -104,7 +109,8 @@ class Server:
             self._decoding.release()
 
     def prepare(self, chat: ChatRequest, deadline: Deadline, loop: asyncio.AbstractEventLoop) -> Job:
-        """Decode media and tokenise (blocking: runs in a pool thread); checks the prompt fits with its answer."""
+        """Decode media and tokenise (blocking: runs in a pool thread); checks the prompt fits with its answer, in
+        the context and in the KV budget (a request waits for KV memory, so one that could never fit is refused)."""
         messages = to_messages(chat, self.settings, deadline)
         deadline.check()
         wanted = chat.requested_tokens
@@ -115,7 +121,15 @@ class Server:
         except PromptError as err:
             raise bad_request(str(err), "invalid_prompt", "messages") from None
         deadline.check()
-        max_tokens = wanted or min(self.settings.limits.default_max_tokens, self.pipe.config.max_length - len(encoded))
+        room = self.pipe.config.max_length - len(encoded)
+        if self.kv_tokens is not None:
+            if len(encoded) + (wanted or 1) > self.kv_tokens:
+                answer = f" with {wanted} answer tokens" if wanted else ""
+                raise bad_request(f"the prompt ({len(encoded)} tokens){answer} needs more key and value memory than "
+                                  f"this server's budget holds ({self.kv_tokens} tokens, --kv-mb {self.settings.kv_mb:g})",
+                                  "context_length_exceeded", "messages")
+            room = min(room, self.kv_tokens - len(encoded))
+        max_tokens = wanted or min(self.settings.limits.default_max_tokens, room)
         sampling = SamplingConfig(max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p,
                                   seed=chat.seed)
         return Job(encoded=encoded, sampling=sampling, stops=chat.stops, deadline=deadline, loop=loop)

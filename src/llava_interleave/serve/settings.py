@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Literal, get_args
 
 from ..errors import InterleaveError
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # the names a browser on this machine uses for it
 ANY_HOST = "*"
+Batching = Literal["continuous", "static"]  # static: for benchmarks only (see serve/worker.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +43,10 @@ class ServeSettings:
     api_key: str | None = None  # None: no authentication (fine on the default loopback address)
     allow_remote_urls: bool = False  # fetch http(s) image URLs: off, so the server makes no requests of its own
     file_root: Path | None = None  # local paths allowed only under this folder; None: no server-side file reads
-    max_batch: int = 4
+    max_batch: int = 4  # requests decoding together (the engine's rows)
+    kv_mb: float = 0  # MiB of keys and values for all requests together; 0: unbounded
+    chunk_tokens: int = 512  # prompt tokens prefilled per step, so a long prompt only slows running answers
+    batching: Batching = "continuous"
     queue_size: int = 64  # requests waiting (not running) before new ones get 429
     max_decoding: int = 2  # requests decoding media at once; the others wait (within their timeout)
     timeout_s: float = 120.0  # from arrival to the last token, every stage included; past it the request gets 504
@@ -54,3 +60,8 @@ class ServeSettings:
             raise InterleaveError(f"--max-batch, --queue-size and --max-decoding must be at least 1 and --timeout "
                                   f"positive, got {self.max_batch}, {self.queue_size}, {self.max_decoding}, "
                                   f"{self.timeout_s}")
+        if not (math.isfinite(self.kv_mb) and self.kv_mb >= 0) or self.chunk_tokens < 1:
+            raise InterleaveError(f"--kv-mb must be a number >= 0 (0: unbounded) and --chunk-tokens at least 1, got "
+                                  f"{self.kv_mb}, {self.chunk_tokens}")
+        if self.batching not in get_args(Batching):
+            raise InterleaveError(f"--batching must be continuous or static, got {self.batching!r}")

@@ -1,12 +1,17 @@
-"""One thread owns the model: it takes queued jobs and runs compatible ones as one batch.
+"""One thread owns the model: it feeds queued jobs to the engine between its steps and turns tokens into events.
 
-The engine samples a whole batch with one temperature/top-p and one generator, so jobs are batched only
-when they share those (greedy jobs always can; a seeded sampled job runs alone, so its seed means the same
-as on its own and no two seeds share a generator). Each row keeps its own token budget and stop strings,
-and a row whose client left or whose deadline passed is dropped at the next step; the batch ends when no
-row is left. A batch that fails runs again row by row, so a row that breaks the model fails alone. Waiting
-jobs are bounded: `submit` past `queue_size` raises a 429. Results go back to the request's event loop as
-`Event`s.
+Continuous batching: between two engine steps the thread hands newly queued jobs to the engine, so a
+request joins the running batch at the next step and leaves at the step it ends; a short question asked
+while a long answer streams is answered at once instead of after it. Any sampling settings share a batch
+(the engine samples each row by its own settings and seed). Each job keeps its own token budget and stop
+strings; a job whose client left or whose deadline passed, or that ended on a stop string, is cancelled in
+the engine at once, so its row and KV memory are free for the next step. A row that breaks the model fails
+alone (the engine retries a failed step row by row) and gets a 500; the others keep going. Jobs wait in a
+bounded queue until the engine has a row for them: `submit` past `queue_size` raises a 429. Results go back
+to the request's event loop as `Event`s.
+
+`batching="static"` is for benchmarks only: jobs are handed over only when the engine has none, so a batch
+runs to its longest answer before anyone else starts (how the server scheduled before continuous batching).
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ import asyncio
 import logging
 import threading
 from collections import Counter, deque
-from contextlib import closing
 from dataclasses import dataclass, field, replace
 
 from ..api import Pipeline
 from ..data.batch import Encoded
 from ..data.text_stream import TextStream
-from ..engine import SamplingConfig
-from .errors import ApiError, Deadline
+from ..engine import Request, SamplingConfig
+from ..errors import KVBudgetError, PromptError
+from .errors import ApiError, Deadline, bad_request
+from .settings import Batching
 
 log = logging.getLogger("llava_interleave.serve")
 
@@ -46,19 +52,9 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    sent: bool = False  # an event went out: the job cannot start again without the client seeing it twice
-
-    @property
-    def batch_key(self) -> tuple[object, ...]:
-        if self.sampling.greedy:
-            return ("greedy",)
-        if self.sampling.seed is not None:
-            return ("seeded", id(self))
-        return ("sampled", self.sampling.temperature, self.sampling.top_p)
 
     def emit(self, event: Event) -> None:
         """Thread-safe: hand an event to the request's coroutine."""
-        self.sent = True
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
@@ -73,28 +69,45 @@ class Job:
         return "cancelled" if self.cancelled.is_set() else None
 
 
+@dataclass(eq=False)
+class _Row:
+    """A job in the engine, with the text of its answer so far."""
+
+    job: Job
+    stream: TextStream
+
+
 class Worker:
-    def __init__(self, pipe: Pipeline, max_batch: int = 4, queue_size: int = 64) -> None:
+    """Feeds the pipeline's engine, whose `max_rows` bounds the jobs decoding together; only this worker's
+    thread calls the engine while the server runs."""
+
+    def __init__(self, pipe: Pipeline, queue_size: int = 64, batching: Batching = "continuous") -> None:
         self.pipe = pipe
-        self.max_batch = max_batch
+        self.engine = pipe.engine
         self.queue_size = queue_size
-        self.running = 0
-        self.served: Counter[str] = Counter()  # finish reasons, "cancelled" (client left) and "timeout" included
-        self.batch_sizes: Counter[int] = Counter()  # how well requests are batched: size -> batches run
-        self._waiting: deque[Job] = deque()
+        self.static = batching == "static"
+        # Counters for /health, updated together after every step (so they agree with each other):
+        self.running = 0  # jobs the engine is generating
+        self.served: Counter[str] = Counter()  # finish reasons; "cancelled" (client left), "timeout", "error" too
+        self.rows_per_step: Counter[int] = Counter()  # how well requests share steps: requests given a token -> steps
+        self.kv_reserved_mb = 0.0
+        self._admitting = 0  # handed to the engine, not started by it yet (no row or no KV memory free)
+        self._waiting: deque[Job] = deque()  # not handed to the engine yet
+        self._rows: dict[Request, _Row] = {}  # the jobs in the engine (the worker thread's own)
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="llava-interleave-worker", daemon=True)
 
     @property
     def queued(self) -> int:
-        return len(self._waiting)
+        """Jobs waiting for a row: in this queue, or handed to the engine and not started."""
+        return len(self._waiting) + self._admitting
 
     def stats(self) -> dict[str, object]:
         """A consistent snapshot for /health (the worker thread updates the counters)."""
         with self._cond:
-            return {"queued": len(self._waiting), "running": self.running, "served": dict(self.served),
-                    "batch_sizes": dict(self.batch_sizes)}
+            return {"queued": self.queued, "running": self.running, "served": dict(self.served),
+                    "rows_per_step": dict(self.rows_per_step), "kv_reserved_mb": round(self.kv_reserved_mb, 3)}
 
     def start(self) -> None:
         self._thread.start()
@@ -114,51 +127,36 @@ class Worker:
             self._cond.notify()
 
     def _loop(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            with self._cond:
-                self.running = len(batch)
-                self.batch_sizes[len(batch)] += 1
+        while self._take():
+            if not self._rows:  # every job handed over was refused: nothing to step
+                continue
             try:
-                self._run(batch)
-            finally:
-                self.running = 0
+                produced = dict(self.engine.step())
+            except Exception:  # a fault of the engine itself (a row's fault fails that row inside the step)
+                log.exception("an engine step failed; failing its %d requests", len(self._rows))
+                self._settle(dict.fromkeys(self._rows, "error"), None)
+                continue
+            self._settle(self._finished(produced), len(produced))
+        for request in self._rows:  # stopping: leave the shared engine empty for whoever uses it next
+            self.engine.cancel(request)
+        self._rows.clear()
 
-    def _run(self, batch: list[Job]) -> None:
-        """Generate a batch; when it fails, each row that has sent nothing yet runs again alone, so the rows
-        batched with one that breaks the model still get their answers."""
-        try:
-            self._generate(batch)
-        except Exception:  # a fault of the model or of one row: answer its jobs, keep serving
-            log.exception("generation failed for a batch of %d", len(batch))
-            for job in batch:
-                if len(batch) > 1 and not job.sent:
-                    self._run([job])
-                else:
-                    job.emit(Event(error=ApiError(500, "generation failed (logged on the server)", "generation_failed",
-                                                  "server_error")))
-
-    def _next_batch(self) -> list[Job] | None:
-        """The oldest live job and up to max_batch - 1 later ones that can share its batch; None when stopping."""
+    def _take(self) -> bool:
+        """Hand queued jobs to the engine while it has rows for them (static: only once it has none left);
+        wait while there is nothing to do. False once the worker stops."""
         with self._cond:
             while True:
                 self._purge()
                 if self._stopping:
-                    return None
-                if self._waiting:
+                    return False
+                if self._waiting or self._rows:
                     break
                 self._cond.wait()
-            batch = [self._waiting.popleft()]
-            for job in list(self._waiting):
-                if len(batch) == self.max_batch:
-                    break
-                if job.batch_key == batch[0].batch_key and self._fits(batch + [job]):
-                    self._waiting.remove(job)
-                    batch.append(job)
-            return batch
-
-    def _fits(self, jobs: list[Job]) -> bool:
-        """Left padding puts every row at the longest prompt: each must still fit prompt + budget in the context."""
-        return max(len(j.encoded) for j in jobs) + max(j.sampling.max_new_tokens for j in jobs) <= self.pipe.config.max_length
+            free = 0 if self.static and self._rows else self.engine.max_rows - len(self._rows)
+            jobs = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+        for job in jobs:
+            self._submit(job)
+        return True
 
     def _purge(self) -> None:
         """Drop waiting jobs whose client left or whose deadline passed, so they hold no queue place (lock held)."""
@@ -166,46 +164,65 @@ class Worker:
             self._waiting.remove(job)
             self.served[job.abandoned or "cancelled"] += 1
 
-    def _generate(self, batch: list[Job]) -> None:
-        pipe = self.pipe
-        first = batch[0]
-        sampling = replace(first.sampling, max_new_tokens=max(j.sampling.max_new_tokens for j in batch),
-                           stop_token_ids=pipe.stop_ids)
-        streams = [TextStream(self._decode, job.stops) for job in batch]
-        live = set(range(len(batch)))
-        with closing(pipe.engine.stream([j.encoded for j in batch], sampling)) as steps:
-            for step in steps:
-                for row in list(live):
-                    finish = self._advance(batch[row], streams[row], step[row])
-                    if finish is not None:
-                        live.discard(row)
-                        self._finish(batch[row], streams[row], finish)
-                if not live:
-                    return
-        for row in live:  # the engine ran out of room in the context
-            self._finish(batch[row], streams[row], "length")
+    def _submit(self, job: Job) -> None:
+        """Put a job in the engine; one it refuses is answered at once (the app checks the KV budget first)."""
+        try:
+            request = self.engine.submit(job.encoded, replace(job.sampling, stop_token_ids=self.pipe.stop_ids))
+        except PromptError as err:
+            code = "context_length_exceeded" if isinstance(err, KVBudgetError) else "invalid_prompt"
+            job.emit(Event(error=bad_request(str(err), code, "messages")))
+            return
+        self._rows[request] = _Row(job, TextStream(self._decode, job.stops))
 
-    def _advance(self, job: Job, stream: TextStream, token: int | None) -> str | None:
-        """Feed one token to a row; its finish reason once it is done."""
-        if reason := job.abandoned:
-            return reason
-        if token is None or token in self.pipe.stop_ids:
-            return "stop"
-        piece = stream.push(token)
-        if piece:
-            job.emit(Event(text=piece))
-        if stream.stopped:
-            return "stop"
-        return "length" if len(stream.ids) >= job.sampling.max_new_tokens else None
+    def _finished(self, produced: dict[Request, int]) -> dict[Request, str]:
+        """Feed this step's tokens to their jobs' texts; the rows that end now, with their reasons."""
+        ended: dict[Request, str] = {}
+        for request, row in self._rows.items():
+            reason = row.job.abandoned
+            if reason is None and request in produced:
+                reason = self._push(row, produced[request])
+            elif reason is None:
+                reason = request.finish  # "error": the row broke the model; None: waiting or still prefilling
+            if reason is not None:
+                ended[request] = reason
+        return ended
 
-    def _finish(self, job: Job, stream: TextStream, finish: str) -> None:
+    def _push(self, row: _Row, token: int) -> str | None:
+        """Feed one token to a job's text; its finish reason once it is done."""
+        if token in self.pipe.stop_ids:
+            return "stop"
+        if piece := row.stream.push(token):
+            row.job.emit(Event(text=piece))
+        if row.stream.stopped:
+            return "stop"
+        return "length" if len(row.stream.ids) >= row.job.sampling.max_new_tokens else None
+
+    def _settle(self, ended: dict[Request, str], rows: int | None) -> None:
+        """Free the rows that ended (cancelled in the engine, which frees a stopped or abandoned one at once),
+        count them and the step (`rows`: requests given a token; None: the step failed), then answer them."""
+        finished = [(self._rows.pop(request), reason) for request, reason in ended.items()]
+        for request in ended:
+            self.engine.cancel(request)  # a no-op for a request the engine finished itself
+        engine = self.engine
         with self._cond:
-            self.served[finish] += 1
-        if finish in ("stop", "length"):
-            rest = stream.flush()
-            if rest:
-                job.emit(Event(text=rest))
-            job.emit(Event(finish=finish, completion_tokens=len(stream.ids)))
+            self.served.update(ended.values())
+            if rows is not None:
+                self.rows_per_step[rows] += 1
+            self.running, self._admitting = len(engine.running), len(engine.waiting)
+            self.kv_reserved_mb = engine.reserved / 2**20
+        for row, reason in finished:
+            self._answer(row, reason)
+
+    @staticmethod
+    def _answer(row: _Row, reason: str) -> None:
+        """A finished job's last text and its end; a failed one's 500; nothing for a job nobody waits for."""
+        if reason == "error":
+            row.job.emit(Event(error=ApiError(500, "generation failed (logged on the server)", "generation_failed",
+                                              "server_error")))
+        elif reason in ("stop", "length"):
+            if rest := row.stream.flush():
+                row.job.emit(Event(text=rest))
+            row.job.emit(Event(finish=reason, completion_tokens=len(row.stream.ids)))
 
     def _decode(self, ids: list[int]) -> str:
         return self.pipe.tokenizer.decode(ids, skip_special_tokens=True)
