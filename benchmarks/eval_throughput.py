@@ -30,13 +30,13 @@ TASKS = "SynthImageColour,SynthColourChange,SynthSceneSide,SynthDetail,SynthName
 
 
 def version() -> str:
-    """The commit of the package being measured (its checkout), for labelling the numbers."""
+    """Which code is measured, for labelling the numbers: its commit when it is a git checkout, else its path."""
     package = Path(llava_interleave.__file__).parent
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=package, capture_output=True, text=True)
-        return out.stdout.strip() or "unknown"
     except OSError:
-        return "unknown"
+        out = None
+    return out.stdout.strip() if out is not None and out.returncode == 0 and out.stdout.strip() else str(package)
 
 
 def main() -> None:

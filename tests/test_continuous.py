@@ -169,3 +169,19 @@ def test_stream_raises_a_bad_prompt_and_leaves_the_engine_clean(pipe, prompts):
 def test_engine_limits_are_checked(pipe, settings):
     with pytest.raises(llava_interleave.errors.SamplingError):
         Engine(pipe.model, **settings)
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (8, 2)])
+def test_a_chunk_after_a_past_attends_as_with_a_causal_mask(heads, kv_heads):
+    """The split attention (past, then the chunk's own causal block, merged by log-sum-exp) equals masked SDPA."""
+    from llava_interleave.model.packed import _attend, _mask
+
+    torch.manual_seed(0)
+    q = torch.randn(1, heads, 5, 16)
+    keys, values = torch.randn(1, kv_heads, 12, 16), torch.randn(1, kv_heads, 12, 16)
+    causal = torch.ones(5, 12, dtype=torch.bool).tril(7)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=causal, scale=0.25,
+                                                                enable_gqa=heads != kv_heads)
+    got = _attend(q, keys, values, 7, _mask(5, 7, q), 0.25)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(_attend(q, keys, values, 6, _mask(5, 6, q), 0.25), expected, atol=1e-3)  # the past matters

@@ -42,7 +42,7 @@ def packed_forward(lm: Qwen2Model, embeds: torch.Tensor, spans: Sequence[Span]) 
     cos, sin = lm.rotary_emb(hidden, packed_positions(spans, embeds.device)[None])
     half = cos.shape[-1] // 2  # the two halves of cos and sin are equal (the frequencies are repeated)
     cos, sin = cos[:, None, :, :half], sin[:, None, :, :half]
-    masks = [_mask(span.length, span.cache.filled + span.length, embeds.device) for span in spans]
+    masks = [_mask(span.length, span.cache.filled, embeds) for span in spans]
     for index, layer in enumerate(lm.layers):
         attn = layer.self_attn
         residual = hidden
@@ -56,7 +56,7 @@ def packed_forward(lm: Qwen2Model, embeds: torch.Tensor, spans: Sequence[Span]) 
         for span, mask in zip(spans, masks):
             cols = slice(span.offset, span.offset + span.length)
             keys, values = span.cache.extend(index, k[0, :, cols], v[0, :, cols])
-            out[:, :, cols] = _attend(q[:, :, cols], keys[None], values[None], mask, attn.scaling)
+            out[:, :, cols] = _attend(q[:, :, cols], keys[None], values[None], span.cache.filled, mask, attn.scaling)
         hidden = residual + attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     for span in spans:
@@ -76,17 +76,47 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return out
 
 
-def _mask(new: int, total: int, device: torch.device) -> torch.Tensor | None:
-    """Which keys each of `new` queries sees (every earlier key and itself); None where no mask is needed (one
-    query sees all keys; a whole prompt at once is plain causal attention)."""
-    if new == 1 or new == total:
+# The CPU flash-attention kernel, which also returns each query's log-sum-exp (a stable aten op since torch 2.2).
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _splits(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a chunk after a past is attended as past + new block (CPU) rather than with a mask."""
+    return device.type == "cpu" and _FLASH_CPU is not None and dtype in (torch.float32, torch.bfloat16)
+
+
+def _mask(new: int, past: int, like: torch.Tensor) -> torch.Tensor | None:
+    """Which keys each of `new` queries after `past` cached ones sees (every earlier key and itself), where a
+    mask is needed: several new queries after a past, on a device without the split below."""
+    if new == 1 or past == 0 or _splits(like.device, like.dtype):
         return None
-    return torch.ones(new, total, dtype=torch.bool, device=device).tril(total - new)
+    return torch.ones(new, past + new, dtype=torch.bool, device=like.device).tril(past)
 
 
-def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int, mask: torch.Tensor | None,
             scale: float) -> torch.Tensor:
-    """Attention of n new queries over past + new keys."""
+    """Attention of n new queries over `past` cached keys and their own (causal among themselves)."""
+    new = q.shape[2]
     gqa = q.shape[1] != keys.shape[1]
-    causal = mask is None and q.shape[2] > 1
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa)
+    if new == 1 or past == 0:  # one query sees every key; a whole prompt is plain causal attention
+        return F.scaled_dot_product_attention(q, keys, values, is_causal=new > 1, scale=scale, enable_gqa=gqa)
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return _attend_split(q, keys, values, past, scale)
+
+
+def _attend_split(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int, scale: float) -> torch.Tensor:
+    """A prompt chunk after a past, as two unmasked flash-attention calls merged by their log-sum-exps: the
+    past (a full rectangle) and the chunk's own block (causal). A boolean mask over past + new instead makes
+    the CPU kernel read the mask for every block and compute the masked-out triangle: 1.4x as long for 2048-
+    token chunks of an 11.7k-token prompt, where this split is as fast as one causal pass over the prompt."""
+    assert _FLASH_CPU is not None
+    if q.shape[1] != keys.shape[1]:  # the kernel wants as many key heads as query heads
+        groups = q.shape[1] // keys.shape[1]
+        keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+    old, old_lse = _FLASH_CPU(q, keys[:, :, :past], values[:, :, :past], 0.0, False, scale=scale)
+    own, own_lse = _FLASH_CPU(q, keys[:, :, past:], values[:, :, past:], 0.0, True, scale=scale)
+    top = torch.maximum(old_lse, own_lse)
+    old_weight, own_weight = (old_lse - top).exp().unsqueeze(-1), (own_lse - top).exp().unsqueeze(-1)
+    merged = (old.float() * old_weight + own.float() * own_weight) / (old_weight + own_weight)
+    return merged.to(q.dtype)
