@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .data.batch import Encoded
-from .errors import KVBudgetError, PromptError, SamplingError
+from .errors import InterleaveError, KVBudgetError, PromptError, SamplingError
 from .model.caches import PrefixCache, PromptKey, VisionCache, fingerprint, visual_key
 from .model.kv_cache import RowCache, bytes_per_token
 from .model.llava import LlavaInterleave
@@ -153,6 +153,10 @@ class Engine:
         request.encoded = {}
 
     def _fail(self, request: Request, error: BaseException) -> None:
+        """End a request with its error; a fault that is not the input's is logged with its traceback (for the
+        operator: the caller gets the error itself, the server's client a message without internals)."""
+        if not isinstance(error, InterleaveError):
+            log.error("generation failed for one request", exc_info=error)
         request.finish, request.error = "error", error
         self._release(request)
 
@@ -169,7 +173,6 @@ class Engine:
             return self._forward(rows)
         except Exception as err:  # a fault of the model or of one row: find the row, keep the others going
             if len(rows) == 1:
-                log.exception("generation failed for one request")
                 self._fail(rows[0][0], err)
                 return []
         produced: list[tuple[Request, int]] = []
@@ -177,7 +180,6 @@ class Engine:
             try:
                 produced += self._forward([row])
             except Exception as err:
-                log.exception("generation failed for one request of a batch of %d", len(rows))
                 self._fail(row[0], err)
         return produced
 
