@@ -307,7 +307,8 @@ def test_full_queue_gets_429_and_a_late_answer_504(pipe):
 
 def test_command_line_options_become_settings(monkeypatch, tmp_path):
     from llava_interleave.cli import COMMANDS, build_parser
-    from llava_interleave.cli.serve import settings_from_args
+    from llava_interleave.cli.serve import kv_budget_mb, settings_from_args
+    from llava_interleave.model.device import free_memory_mb
 
     assert "serve" in COMMANDS
     args = build_parser().parse_args(["serve", "--model", str(tmp_path / "ckpt"), "--max-batch", "2", "--queue-size", "3",
@@ -323,6 +324,13 @@ def test_command_line_options_become_settings(monkeypatch, tmp_path):
     scheduling = settings_from_args(build_parser().parse_args(["serve", "--kv-mb", "2.5", "--chunk-tokens", "64",
                                                                "--batching", "static"]))
     assert (scheduling.kv_mb, scheduling.chunk_tokens, scheduling.batching) == (2.5, 64, "static")
-    for option, value in (("--max-batch", "0"), ("--kv-mb", "-1"), ("--kv-mb", "nan"), ("--chunk-tokens", "0")):
+    for option, value in (("--max-batch", "0"), ("--chunk-tokens", "0")):
         with pytest.raises(InterleaveError, match=option):
             settings_from_args(build_parser().parse_args(["serve", "--model", "m", option, value]))
+    for value in ("-1", "nan", "inf"):  # refused as it is parsed
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--kv-mb", value])
+    assert args.kv_mb is None  # then half the memory free once the model is loaded:
+    free = free_memory_mb(torch.device("cpu"))
+    assert free is not None and 0 < kv_budget_mb(None, torch.device("cpu")) <= free / 2 + 1
+    assert kv_budget_mb(0, torch.device("cpu")) == 0 and kv_budget_mb(64.0, torch.device("cpu")) == 64.0

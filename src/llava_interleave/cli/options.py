@@ -53,6 +53,17 @@ def positive_number(text: str) -> float:
     return value
 
 
+def nonnegative_number(text: str) -> float:
+    """An argparse type for a finite number >= 0 (a budget, where 0 means none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
 frame_count = whole_number(1, MAX_FRAMES)
 
 

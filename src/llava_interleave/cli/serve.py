@@ -11,11 +11,16 @@ import ipaddress
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
+from ..model.device import free_memory_mb
 from ..serve.settings import ANY_HOST, LOOPBACK_HOSTS, Batching, Limits, ServeSettings
 from . import options
+
+if TYPE_CHECKING:
+    import torch
 
 KEY_ENV = "LLAVA_INTERLEAVE_API_KEY"
 
@@ -30,9 +35,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--allow-remote-urls", action="store_true", help="let requests name http(s) image/video URLs")
     p.add_argument("--file-root", default=None, help="let requests name local files, only under this folder")
     p.add_argument("--max-batch", type=int, default=4, help="requests decoding together")
-    p.add_argument("--kv-mb", type=float, default=0,
-                   help="MiB of keys and values for all requests together (0: unbounded); a request waits until "
-                        "its prompt + max_tokens fit, and one that never could gets 400")
+    p.add_argument("--kv-mb", type=options.nonnegative_number, default=None,
+                   help="MiB of keys and values for all requests together (default: half the memory free once the "
+                        "model is loaded, RAM on CPU, GPU memory on CUDA; 0: unbounded); a request waits until its "
+                        "prompt + max_tokens fit, and one that never could gets 400")
     p.add_argument("--chunk-tokens", type=int, default=512,
                    help="prompt tokens prefilled per step, so a long prompt slows running answers only a little")
     p.add_argument("--batching", choices=get_args(Batching), default="continuous",
@@ -71,7 +77,7 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
         api_key=args.api_key or os.environ.get(KEY_ENV) or None,
         allow_remote_urls=args.allow_remote_urls,
         file_root=Path(args.file_root) if args.file_root else None,
-        max_batch=args.max_batch, kv_mb=args.kv_mb, chunk_tokens=args.chunk_tokens, batching=args.batching,
+        max_batch=args.max_batch, kv_mb=args.kv_mb or 0, chunk_tokens=args.chunk_tokens, batching=args.batching,
         queue_size=args.queue_size, max_decoding=args.max_decoding, timeout_s=args.timeout,
         allowed_hosts=_allowed_hosts(args), limits=limits,
     )
@@ -94,8 +100,20 @@ def serve(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.host} with no API key: anyone who can reach it can use it", file=sys.stderr)
     pipe = options.load_pipeline(args)
     pipe.engine.set_cache(args.cache_mb)
+    settings = replace(settings, kv_mb=kv_budget_mb(args.kv_mb, pipe.model.device))
+    print(f"keys and values of running requests: {settings.kv_mb:,.0f} MiB (--kv-mb)" if settings.kv_mb else
+          "keys and values of running requests: unbounded (--kv-mb 0)", file=sys.stderr)
     uvicorn.run(create_app(pipe, settings), host=args.host, port=args.port, log_level="info")
     return 0
+
+
+def kv_budget_mb(requested: float | None, device: torch.device) -> float:
+    """The KV budget: as requested, else half the memory free now (after loading the model), so that many
+    long requests wait for room instead of exhausting the machine; 0 (unbounded) where that is unknown."""
+    if requested is not None:
+        return requested
+    free = free_memory_mb(device)
+    return round(free / 2, 1) if free else 0.0
 
 
 def _is_loopback(host: str) -> bool:

@@ -40,3 +40,19 @@ def _check_cuda(device: torch.device) -> None:
         raise DeviceError(f"device '{device}': no CUDA GPU is available here, use cpu")
     if device.index is not None and device.index >= count:
         raise DeviceError(f"device '{device}': this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+
+
+def free_memory_mb(device: torch.device) -> float | None:
+    """Memory free for new tensors on `device` now, in MiB: the GPU's free memory on CUDA, the kernel's
+    MemAvailable on a CPU (Linux); None where it cannot be known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2**20
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as info:
+                for line in info:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
