@@ -67,7 +67,8 @@ def test_different_images_same_text_never_hit(pipes, tmp_path):
         assert _chat(cached, paths, questions[:1]) == _chat(plain, paths, questions[:1])
         assert engine.vision_cache.hits == vision_hits  # new pixels: never a cached visual
     encoded = cached.prepare(cached.sample([{"role": "user", "content": [*({"type": "image", "image": p} for p in paths), "x"]}]))
-    key = cached.engine._prompt_key(encoded, [("other",)] * len(encoded.visuals))
+    others = [("other",)] * len(encoded.visuals)
+    key = cached.engine._prompt_key(torch.tensor(encoded.input_ids), encoded.visuals, others)
     with torch.inference_mode():
         reuse, _ = engine.prefix_cache.lookup(key, engine.prefix_cache.owner)
     assert reuse == key.visuals[0][0]  # only the text before the first image is shared

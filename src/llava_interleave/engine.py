@@ -28,6 +28,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Iterator, Sequence
+from itertools import accumulate
 from dataclasses import dataclass, field
 
 import torch
@@ -35,9 +36,10 @@ import torch
 from .data.batch import Encoded
 from .errors import InterleaveError, KVBudgetError, PromptError, SamplingError
 from .model.caches import PrefixCache, PromptKey, VisionCache, fingerprint, visual_key
+from .model.inputs import VisualInput
 from .model.kv_cache import RowCache, bytes_per_token
 from .model.llava import LlavaInterleave
-from .model.merge import merge_visual_tokens
+from .model.merge import check_slots, merge_visual_tokens
 from .model.packed import Span, packed_forward
 from .model.sampling import MAX_SEED, SamplingConfig, generator, pick
 
@@ -113,10 +115,7 @@ class Engine:
             KVBudgetError: its keys and values could never fit in the budget, even alone."""
         if not len(prompt):
             raise PromptError("the prompt is empty")
-        slots = sum(1 for t in prompt.input_ids if t == self.model.config.image_token_id)
-        if slots != sum(v.num_tokens for v in prompt.visuals):
-            raise PromptError(f"the prompt has {slots} image-token slots but the visuals give "
-                              f"{sum(v.num_tokens for v in prompt.visuals)} tokens")
+        check_slots(prompt.input_ids.count(self.model.config.image_token_id), sum(v.num_tokens for v in prompt.visuals))
         request = Request(prompt, sampling)
         request.reserved = self._need(request)
         if self.kv_budget and request.reserved > self.kv_budget:
@@ -139,9 +138,16 @@ class Engine:
     def stats(self) -> dict[str, object]:
         return {"running": len(self.running), "waiting": len(self.waiting), "kv_reserved_mb": self.reserved / 2**20}
 
+    @property
+    def kv_tokens(self) -> int | None:
+        """How many tokens (prompts + answers of the running requests) the KV budget holds; None: unbounded."""
+        return self.kv_budget // self._token_bytes() if self.kv_budget else None
+
+    def _token_bytes(self) -> int:
+        return bytes_per_token(self.model.config.text, self.model.dtype)
+
     def _need(self, request: Request) -> int:
-        tokens = len(request.prompt) + request.sampling.max_new_tokens
-        return tokens * bytes_per_token(self.model.config.text, self.model.dtype)
+        return (len(request.prompt) + request.sampling.max_new_tokens) * self._token_bytes()
 
     def _release(self, request: Request) -> None:
         if request in self.running:
@@ -240,7 +246,8 @@ class Engine:
         if not sampled:
             return []
         logits = model.lm_head(hidden[ends])
-        tokens = pick(logits, [(r.sampling, r.generator) for r in sampled]).tolist()  # the step's one device-to-host sync
+        # the step's one device-to-host sync
+        tokens = pick(logits, [(r.sampling, r.generator) for r in sampled]).tolist()
         for request, token in zip(sampled, tokens):
             self._append(request, token)
         return list(zip(sampled, tokens))
@@ -265,7 +272,7 @@ class Engine:
         if self.vision_cache is not None or self.prefix_cache is not None:
             request.visual_keys = [visual_key(v) for v in prompt.visuals]
         if self.prefix_cache is not None:
-            request.key = self._prompt_key(prompt, request.visual_keys)
+            request.key = self._prompt_key(request.ids, prompt.visuals, request.visual_keys)
             start, entry = self.prefix_cache.lookup(request.key, fingerprint(model))
             if entry is not None:
                 request.cache.preload(entry.keys, entry.values, start)
@@ -285,7 +292,7 @@ class Engine:
             return embeds
         first = int((request.ids[:start] == image).sum())  # visual tokens before this chunk
         last = first + int(slots.sum())
-        offsets = [sum(v.num_tokens for v in visuals[:i]) for i in range(len(visuals))]
+        offsets = _token_offsets(visuals)
         here = [i for i, (v, o) in enumerate(zip(visuals, offsets)) if o < last and o + v.num_tokens > first]
         self._encode(request, [i for i in here if i not in request.encoded])
         pieces = [request.encoded[i][max(first - offsets[i], 0) : last - offsets[i]] for i in here]
@@ -305,12 +312,10 @@ class Engine:
             tokens = self.model.encode_visuals(visuals)
         request.encoded.update(zip(indices, tokens))
 
-    def _prompt_key(self, prompt: Encoded, keys: list[tuple]) -> PromptKey:
-        ids = torch.tensor(prompt.input_ids, dtype=torch.long)
-        slots = (ids == self.model.config.image_token_id).nonzero().flatten().tolist()
-        counts = [v.num_tokens for v in prompt.visuals]  # as many as slots: `submit` checked
-        firsts = [sum(counts[:i]) for i in range(len(counts))]
-        return PromptKey(ids, tuple((slots[f], k) for f, k in zip(firsts, keys)))
+    def _prompt_key(self, ids: torch.Tensor, visuals: Sequence[VisualInput], keys: list[tuple]) -> PromptKey:
+        """What the prompt's keys and values depend on: its ids and where each visual (by content) starts."""
+        slots = (ids == self.model.config.image_token_id).nonzero().flatten().tolist()  # one per visual token
+        return PromptKey(ids, tuple((slots[first], key) for first, key in zip(_token_offsets(visuals), keys)))
 
     def _store(self, request: Request) -> None:
         """Keep the keys and values computed so far for later prompts that share a prefix with them: the prompt
@@ -355,3 +360,8 @@ class Engine:
                 if token is not None:
                     out[row].append(token)
         return out
+
+
+def _token_offsets(visuals: Sequence[VisualInput]) -> list[int]:
+    """How many visual tokens come before each visual (its first slot's rank among the image slots)."""
+    return list(accumulate((v.num_tokens for v in visuals), initial=0))[:-1]

@@ -42,28 +42,25 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def positive_number(text: str) -> float:
-    """An argparse type for a finite number > 0 (a rate: 0, nan and inf are no rates)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
+def finite_number(*, zero_allowed: bool) -> Callable[[str], float]:
+    """An argparse type for a finite number > 0, or >= 0 where zero means "none" (a budget): 0 is no rate,
+    and nan and inf are never limits."""
+    rule = ">= 0" if zero_allowed else "> 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > 0 or (zero_allowed and value == 0))):
+            raise argparse.ArgumentTypeError(f"must be a number {rule}, got {text!r}")
+        return value
+
+    return parse
 
 
-def nonnegative_number(text: str) -> float:
-    """An argparse type for a finite number >= 0 (a budget, where 0 means none)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
-
-
+positive_number = finite_number(zero_allowed=False)
+nonnegative_number = finite_number(zero_allowed=True)
 frame_count = whole_number(1, MAX_FRAMES)
 
 

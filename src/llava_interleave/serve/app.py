@@ -31,7 +31,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..api import Pipeline
 from ..engine import SamplingConfig
 from ..errors import ContextLengthError, PromptError
-from ..model.kv_cache import bytes_per_token
 from .errors import ApiError, Deadline, bad_request
 from .protocol import (
     MAX_NUMBER_DIGITS,
@@ -60,9 +59,6 @@ class Server:
         self.settings = settings
         pipe.engine.configure(max_rows=settings.max_batch, kv_mb=settings.kv_mb, chunk_tokens=settings.chunk_tokens)
         self.worker = Worker(pipe, settings.queue_size, settings.batching)
-        # Tokens (prompt + answer, all requests together) the KV budget holds, to refuse what never fits early
-        per_token = bytes_per_token(pipe.model.config.text, pipe.model.dtype)
-        self.kv_tokens = pipe.engine.kv_budget // per_token if pipe.engine.kv_budget else None
         self._decoding = asyncio.Semaphore(settings.max_decoding)
         # No token is longer than the vocabulary's longest, so a text with more characters than this cannot fit.
         self.max_characters = pipe.config.max_length * max(map(len, pipe.tokenizer.get_vocab()))
@@ -122,13 +118,13 @@ class Server:
             raise bad_request(str(err), "invalid_prompt", "messages") from None
         deadline.check()
         room = self.pipe.config.max_length - len(encoded)
-        if self.kv_tokens is not None:
-            if len(encoded) + (wanted or 1) > self.kv_tokens:
+        if (kv_tokens := self.pipe.engine.kv_tokens) is not None:  # refuse what could never fit, before queueing
+            if len(encoded) + (wanted or 1) > kv_tokens:
                 answer = f" with {wanted} answer tokens" if wanted else ""
                 raise bad_request(f"the prompt ({len(encoded)} tokens){answer} needs more key and value memory than "
-                                  f"this server's budget holds ({self.kv_tokens} tokens, --kv-mb {self.settings.kv_mb:g})",
+                                  f"this server's budget holds ({kv_tokens} tokens, --kv-mb {self.settings.kv_mb:g})",
                                   "context_length_exceeded", "messages")
-            room = min(room, self.kv_tokens - len(encoded))
+            room = min(room, kv_tokens - len(encoded))
         max_tokens = wanted or min(self.settings.limits.default_max_tokens, room)
         sampling = SamplingConfig(max_new_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p,
                                   seed=chat.seed)
