@@ -185,3 +185,8 @@ def test_a_chunk_after_a_past_attends_as_with_a_causal_mask(heads, kv_heads):
     got = _attend(q, keys, values, 7, _mask(5, 7, q), 0.25)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(_attend(q, keys, values, 6, _mask(5, 6, q), 0.25), expected, atol=1e-3)  # the past matters
+
+
+def test_an_empty_prompt_is_refused_at_submit(pipe, prompts):
+    with pytest.raises(PromptError, match="empty"):
+        Engine(pipe.model).submit(replace(prompts[3], input_ids=[], labels=[]), greedy(1))
